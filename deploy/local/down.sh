@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Stops the local stack's broker and ClickHouse gracefully (SIGTERM: the broker saves its data).
+# PostgreSQL is the machine's and is left running. `--purge` also deletes the stack's data.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+stop() {
+  local name=$1 file=$RUN_DIR/$1.pid
+  if ! pid_alive "$name"; then rm -f "$file"; return; fi
+  local pid
+  pid=$(cat "$file")
+  say "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "$name did not stop within 20 s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$file"
+}
+
+stop kafka
+stop clickhouse
+if [ "${1:-}" = "--purge" ]; then
+  say "deleting $STACK_DIR"
+  rm -rf "$STACK_DIR"
+fi

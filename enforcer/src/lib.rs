@@ -1,0 +1,4 @@
+//! Quota checks: user caps, storage caps and per-tenant rate limits.
+//!
+//! The crate is reserved in the workspace; the service itself is not built yet (see the issue
+//! tracker), so it has no binary and does not run in the local pipeline.

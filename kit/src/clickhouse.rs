@@ -1,0 +1,112 @@
+//! ClickHouse clients from config, a health check, and the versioned DDL.
+
+use clickhouse::Client;
+use clickhouse::sql::Identifier;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tally_schemas::ddl::{CLICKHOUSE_MIGRATIONS, CLICKHOUSE_MIGRATIONS_TABLE, ClickHouseMigration};
+
+use crate::config::ClickHouseConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClickHouseSetupError {
+    #[error("clickhouse at {url}: {source}")]
+    Query { url: String, source: clickhouse::error::Error },
+    #[error(
+        "clickhouse migration {version} ({name}) was applied with checksum {applied} but the file now has {current}: \
+         applied DDL must not change; add a new migration instead"
+    )]
+    ChecksumMismatch { version: u32, name: &'static str, applied: String, current: String },
+}
+
+/// A client for the configured database. Inserts are synchronous (`async_insert = 0`): an insert
+/// that returned is stored, and insert deduplication tokens apply.
+pub fn client(config: &ClickHouseConfig) -> Client {
+    server_client(config).with_database(&config.database)
+}
+
+fn server_client(config: &ClickHouseConfig) -> Client {
+    Client::default()
+        .with_url(&config.url)
+        .with_user(&config.user)
+        .with_password(config.password.expose())
+        .with_setting("async_insert", "0")
+}
+
+/// `SELECT 1` against the server.
+pub async fn ping(client: &Client) -> Result<(), clickhouse::error::Error> {
+    client.query("SELECT 1").fetch_one::<u8>().await.map(drop)
+}
+
+/// Creates the configured database if it is missing.
+pub async fn ensure_database(config: &ClickHouseConfig) -> Result<(), ClickHouseSetupError> {
+    server_client(config)
+        .query("CREATE DATABASE IF NOT EXISTS ?")
+        .bind(Identifier(&config.database))
+        .execute()
+        .await
+        .map_err(|source| ClickHouseSetupError::Query { url: config.url.clone(), source })
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct Applied {
+    version: u32,
+    checksum: String,
+}
+
+fn checksum(migration: &ClickHouseMigration) -> String {
+    Sha256::digest(migration.sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Applies the DDL versions not applied yet, in order; returns the versions applied now.
+/// Safe to run again at any time, and after a crash half-way through.
+pub async fn apply_migrations(config: &ClickHouseConfig) -> Result<Vec<u32>, ClickHouseSetupError> {
+    ensure_database(config).await?;
+    let client = client(config);
+    let fail = |source| ClickHouseSetupError::Query { url: config.url.clone(), source };
+    client
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {CLICKHOUSE_MIGRATIONS_TABLE} \
+             (version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) \
+             ENGINE = MergeTree ORDER BY version"
+        ))
+        .execute()
+        .await
+        .map_err(fail)?;
+    let applied: Vec<Applied> = client
+        .query(&format!(
+            "SELECT version, any(checksum) AS checksum FROM {CLICKHOUSE_MIGRATIONS_TABLE} GROUP BY version ORDER BY version"
+        ))
+        .fetch_all()
+        .await
+        .map_err(fail)?;
+    let mut applied_now = Vec::new();
+    for migration in CLICKHOUSE_MIGRATIONS {
+        let current = checksum(migration);
+        if let Some(done) = applied.iter().find(|a| a.version == migration.version) {
+            if done.checksum != current {
+                return Err(ClickHouseSetupError::ChecksumMismatch {
+                    version: migration.version,
+                    name: migration.name,
+                    applied: done.checksum.clone(),
+                    current,
+                });
+            }
+            continue;
+        }
+        for statement in migration.statements() {
+            client.query(&statement).execute().await.map_err(fail)?;
+        }
+        client
+            .query(&format!("INSERT INTO {CLICKHOUSE_MIGRATIONS_TABLE} (version, name, checksum) VALUES (?, ?, ?)"))
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(current.as_str())
+            .execute()
+            .await
+            .map_err(fail)?;
+        tracing::info!(version = migration.version, name = migration.name, "clickhouse migration applied");
+        applied_now.push(migration.version);
+    }
+    Ok(applied_now)
+}

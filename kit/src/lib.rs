@@ -1,0 +1,18 @@
+//! Glue shared by Tally's services, so that none of them copies it:
+//!
+//! * [`config`]: layered configuration (defaults → TOML file → `TALLY_SECTION__KEY` environment)
+//!   and the connection sections every service uses;
+//! * [`telemetry`]: structured logs (JSON or text) through `tracing`;
+//! * [`shutdown`]: SIGINT/SIGTERM as a cancellation token;
+//! * [`ops`]: the operations endpoints `/livez`, `/readyz` and `/metrics`;
+//! * [`kafka`], [`clickhouse`], [`postgres`]: clients, health checks and schema setup.
+
+pub mod clickhouse;
+pub mod config;
+pub mod kafka;
+pub mod ops;
+pub mod postgres;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, Secret};

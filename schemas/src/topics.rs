@@ -1,0 +1,54 @@
+//! Kafka topics, message keys and headers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::TenantId;
+
+/// Header carrying the event id, so consumers can dedup without parsing the payload.
+pub const HEADER_EVENT_ID: &str = "tally-event-id";
+/// Header carrying the payload's schema version.
+pub const HEADER_SCHEMA: &str = "tally-schema";
+/// Header on a dead-lettered message: the machine-readable reason (`unknown_metric`, …).
+pub const HEADER_DLQ_REASON: &str = "tally-dlq-reason";
+/// Header on a dead-lettered message: the human-readable detail.
+pub const HEADER_DLQ_DETAIL: &str = "tally-dlq-detail";
+/// Header on a dead-lettered message: which Tally service refused it.
+pub const HEADER_DLQ_STAGE: &str = "tally-dlq-stage";
+/// The usage topic's payload: JSON of [`crate::UsageEvent`], version 1.
+pub const SCHEMA_VERSION: &str = "usage-event/1";
+
+/// Topic names and the shape to create them with (`[topics]` in config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Topics {
+    /// Validated usage events, keyed by tenant id.
+    pub usage_events: String,
+    /// Refused events with their reason in headers.
+    pub dead_letter: String,
+    /// Partitions for new topics; the usage topic's partition count bounds aggregator parallelism.
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            usage_events: "usage-events".to_owned(),
+            dead_letter: "usage-events-dlq".to_owned(),
+            partitions: 6,
+            replication_factor: 1,
+        }
+    }
+}
+
+impl Topics {
+    pub fn all(&self) -> [&str; 2] {
+        [&self.usage_events, &self.dead_letter]
+    }
+}
+
+/// The Kafka message key of a tenant's events: every event of a tenant lands on one partition,
+/// in order.
+pub fn message_key(tenant: &TenantId) -> &[u8] {
+    tenant.as_str().as_bytes()
+}
