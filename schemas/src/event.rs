@@ -193,25 +193,24 @@ pub(crate) fn validate(
 
     if let Some(value) = value.filter(|value| value.is_negative()) {
         v.push(names.value, Rule::OutOfRange, format!("must be 0 or more, got {value}"));
-    } else if let (Some((_, def)), Some(value)) = (&metric, value) {
-        if value > def.max_value() {
-            v.push(
-                names.value,
-                Rule::OutOfRange,
-                format!("must be at most {} for this metric, got {value}", def.max_value()),
-            );
-        }
+    } else if let (Some((_, def)), Some(value)) = (&metric, value)
+        && value > def.max_value()
+    {
+        v.push(
+            names.value,
+            Rule::OutOfRange,
+            format!("must be at most {} for this metric, got {value}", def.max_value()),
+        );
     }
-    if let (Some((_, def)), Some(attributes)) = (&metric, &attributes) {
-        if let (MetricKind::Unique, Some(key)) = (def.kind, &def.distinct_by) {
-            if !attributes.contains_key(key) {
-                v.push(
-                    format!("{}.{key}", names.attributes),
-                    Rule::Missing,
-                    "is required: this unique metric counts its distinct values",
-                );
-            }
-        }
+    if let (Some((_, def)), Some(attributes)) = (&metric, &attributes)
+        && let (MetricKind::Unique, Some(key)) = (def.kind, &def.distinct_by)
+        && !attributes.contains_key(key)
+    {
+        v.push(
+            format!("{}.{key}", names.attributes),
+            Rule::Missing,
+            "is required: this unique metric counts its distinct values",
+        );
     }
 
     match (id, tenant_id, metric, value, timestamp, source, attributes) {

@@ -1,5 +1,7 @@
 //! Every validation rule, as an emitter would break it, and round-trips through both formats.
 
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, TimeDelta, Utc};
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -2,6 +2,8 @@
 //! offsets through rdkafka, ClickHouse RowBinary and insert deduplication through `clickhouse`,
 //! PostgreSQL migrations through sqlx.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
