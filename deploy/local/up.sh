@@ -104,11 +104,11 @@ ENV
 }
 
 setup_schemas() {
-  say "building tally-admin"
-  (cd "$ROOT" && cargo build --quiet -p tally-admin) || die "building tally-admin failed (see above)"
+  say "building and running tally-admin setup"
   # shellcheck disable=SC1091
   source "$STACK_DIR/env"
-  "$ROOT/target/debug/tally-admin" setup --platform-tables || die "setup failed (see above)"
+  (cd "$ROOT" && cargo run --quiet -p tally-admin -- setup --platform-tables) \
+    || die "setup failed (see above): a build error, or a dependency that did not answer"
 }
 
 main() {
