@@ -8,7 +8,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin
+CARGO_BIN=${CARGO_HOME:-${HOME:-/root}/.cargo}/bin
 NOIDA=$CARGO_BIN/noida-db
 
 install_noida() {
