@@ -94,14 +94,14 @@ pub fn from_value(value: Value, ctx: &ValidationContext<'_>) -> Result<UsageEven
     match object.remove("data") {
         Some(Value::Object(data)) => read_data(data, &mut raw, &mut violations),
         missing_or_wrong => {
-            let message = match missing_or_wrong {
-                None | Some(Value::Null) => ("is required: an object holding `value`".to_owned(), Rule::Missing),
+            let (rule, message) = match missing_or_wrong {
+                None | Some(Value::Null) => (Rule::Missing, "is required: an object holding `value`".to_owned()),
                 Some(other) => (
-                    format!("must be an object holding `value` (and optional `attributes`), got {}", json_type(&other)),
                     Rule::WrongType,
+                    format!("must be an object holding `value` (and optional `attributes`), got {}", json_type(&other)),
                 ),
             };
-            violations.push(Violation::new("data", message.1, message.0));
+            violations.push(Violation::new("data", rule, message));
             // Reported once, as `data`, rather than again as a missing `data.value`.
             raw.value = Some(Value::from(0));
         }

@@ -85,6 +85,11 @@ impl TestClickHouse {
     }
 }
 
+/// The database test databases are created from.
+fn admin_postgres_url() -> String {
+    env_or("TALLY_TEST_POSTGRES_URL", "postgres://postgres:postgres@127.0.0.1:5432/postgres")
+}
+
 /// A PostgreSQL database of the test's own, with the platform tables and Tally's schema migrated.
 #[derive(Debug, Clone)]
 pub struct TestPostgres {
@@ -95,7 +100,7 @@ pub struct TestPostgres {
 
 impl TestPostgres {
     pub async fn create() -> Self {
-        let admin_url = env_or("TALLY_TEST_POSTGRES_URL", "postgres://postgres:postgres@127.0.0.1:5432/postgres");
+        let admin_url = admin_postgres_url();
         let database = unique_name("tally_test").replace('-', "_");
         let (base, _) =
             admin_url.rsplit_once('/').unwrap_or_else(|| panic!("TALLY_TEST_POSTGRES_URL {admin_url} has no database"));
@@ -113,8 +118,8 @@ impl TestPostgres {
     /// Closes the pool and drops the database (call at the end of a test that passed).
     pub async fn drop_database(self) {
         self.pool.close().await;
-        let admin_url = env_or("TALLY_TEST_POSTGRES_URL", "postgres://postgres:postgres@127.0.0.1:5432/postgres");
-        let admin = PostgresConfig { url: Secret::new(admin_url), max_connections: 1, ..PostgresConfig::default() };
+        let admin =
+            PostgresConfig { url: Secret::new(admin_postgres_url()), max_connections: 1, ..PostgresConfig::default() };
         let pool = tally_kit::postgres::pool(&admin).unwrap_or_else(|e| panic!("{e}"));
         let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
         if let Err(error) = sqlx::query(&statement).execute(&pool).await {
