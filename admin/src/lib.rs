@@ -4,7 +4,9 @@
 //!   `--platform-tables`, the platform tables' shape for local use), applies the ClickHouse DDL,
 //!   and creates the Kafka topics. Idempotent.
 //! * `check`: asks each dependency for an answer and reports which ones fail.
+//! * `api-key create|revoke|list`: the emitters' API keys (stored hashed in `tally.api_keys`).
 
+mod keys;
 mod setup;
 
 use std::collections::HashMap;
@@ -37,6 +39,9 @@ pub enum Command {
     },
     /// Check that Kafka, ClickHouse and PostgreSQL answer.
     Check,
+    /// Create, revoke or list the API keys emitters authenticate with.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(keys::KeyCommand),
 }
 
 /// The sections `tally-admin` reads.
@@ -67,6 +72,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Setup { platform_tables } => setup::setup(&config, platform_tables).await,
         Command::Check => setup::check(&config).await,
+        Command::ApiKey(command) => keys::run(&config, command).await,
     };
     match outcome {
         Ok(report) => {

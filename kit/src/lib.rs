@@ -5,8 +5,10 @@
 //! * [`telemetry`]: structured logs (JSON or text) through `tracing`;
 //! * [`shutdown`]: SIGINT/SIGTERM as a cancellation token;
 //! * [`ops`]: the operations endpoints `/livez`, `/readyz` and `/metrics`;
-//! * [`kafka`], [`clickhouse`], [`postgres`]: clients, health checks and schema setup.
+//! * [`kafka`], [`clickhouse`], [`postgres`]: clients, health checks and schema setup;
+//! * [`tenants`]: the platform's tenant registry behind a short-lived cache ([`cache`]).
 
+pub mod cache;
 pub mod clickhouse;
 pub mod config;
 pub mod kafka;
@@ -14,5 +16,6 @@ pub mod ops;
 pub mod postgres;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tenants;
 
 pub use config::{ConfigError, Secret};

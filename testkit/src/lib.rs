@@ -10,6 +10,10 @@
 
 #![allow(clippy::missing_panics_doc)]
 
+mod broker;
+
+pub use broker::TestBroker;
+
 use clickhouse::Client;
 use tally_kit::Secret;
 use tally_kit::config::{ClickHouseConfig, KafkaConfig, PostgresConfig};
@@ -34,6 +38,81 @@ pub fn kafka_config() -> KafkaConfig {
         client_id: "tally-test".to_owned(),
         ..KafkaConfig::default()
     }
+}
+
+/// Every message of `topic` from the beginning, read without a consumer group; stops at
+/// `expected` messages (0: read until `wait` passes) or when `wait` passes.
+pub async fn read_topic(kafka: &KafkaConfig, topic: &str, expected: usize, wait: std::time::Duration) -> Vec<Message> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+
+    let consumer: StreamConsumer = tally_kit::kafka::client_config(kafka)
+        .set("group.id", unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let metadata = consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)).expect("metadata");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        assignment.add_partition_offset(topic, partition.id(), rdkafka::Offset::Beginning).expect("offset");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while messages.len() < expected || expected == 0 {
+        let Ok(next) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
+        let message = next.expect("message");
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        messages.push(Message {
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            partition: message.partition(),
+            headers,
+        });
+    }
+    // The reader never joined its group (it assigns partitions itself), but librdkafka's close
+    // still blocks against the local broker (see tests/engines.rs); process exit releases it.
+    std::mem::forget(consumer);
+    messages
+}
+
+/// A message read back by [`read_topic`].
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub partition: i32,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Total messages in a topic (sum of high watermarks).
+pub async fn topic_size(kafka: &KafkaConfig, topic: &str) -> i64 {
+    let config = tally_kit::kafka::client_config(kafka);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = config.create().expect("consumer");
+        let timeout = std::time::Duration::from_secs(10);
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout).expect("metadata");
+        metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| consumer.fetch_watermarks(&topic, p.id(), timeout).expect("watermarks").1)
+            .sum()
+    })
+    .await
+    .expect("watermarks task")
 }
 
 /// A topic and a consumer group of the test's own.

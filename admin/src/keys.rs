@@ -1,0 +1,66 @@
+//! `tally-admin api-key …`.
+
+use std::fmt::Write;
+
+use anyhow::Context;
+use clap::Subcommand;
+use tally_ingest::auth;
+use tally_schemas::TenantId;
+
+use crate::AdminConfig;
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key; prints the token once (it is stored only hashed).
+    Create {
+        /// The tenant the key writes for.
+        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        tenant: Option<String>,
+        /// An admin (service) key that may write for any tenant.
+        #[arg(long)]
+        admin: bool,
+        /// A note saying who holds the key.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Revoke a key by its prefix (or the full token); takes effect within the auth cache TTL.
+    Revoke { prefix: String },
+    /// List keys, newest first.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+fn tenant_id(raw: &str) -> anyhow::Result<TenantId> {
+    TenantId::parse(raw).map_err(|(_, message)| anyhow::anyhow!("--tenant {raw:?}: {message}"))
+}
+
+pub async fn run(config: &AdminConfig, command: KeyCommand) -> anyhow::Result<String> {
+    let pool = tally_kit::postgres::pool(&config.postgres)?;
+    let mut report = String::new();
+    match command {
+        KeyCommand::Create { tenant, admin: _, label } => {
+            let tenant = tenant.as_deref().map(tenant_id).transpose()?;
+            let key = auth::create_key(&pool, tenant.as_ref(), &label).await.context("creating the key")?;
+            let scope = tenant.map_or_else(|| "admin (any tenant)".to_owned(), |t| format!("tenant {t}"));
+            writeln!(report, "created key {} for {scope}; the token is shown only now:", key.prefix)?;
+            writeln!(report, "{}", key.token)?;
+        }
+        KeyCommand::Revoke { prefix } => {
+            if !auth::revoke_key(&pool, &prefix).await.context("revoking the key")? {
+                anyhow::bail!("no active key with prefix {prefix:?}");
+            }
+            writeln!(report, "revoked key {prefix}")?;
+        }
+        KeyCommand::List { tenant } => {
+            let tenant = tenant.as_deref().map(tenant_id).transpose()?;
+            for key in auth::list_keys(&pool, tenant.as_ref()).await.context("listing keys")? {
+                let state = key.revoked_at.map_or_else(|| "active".to_owned(), |at| format!("revoked {at}"));
+                let scope = key.tenant_id.unwrap_or_else(|| "(admin)".to_owned());
+                writeln!(report, "{}  {scope:<24} {state:<32} {}  {}", key.prefix, key.created_at, key.label)?;
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,242 @@
+//! `POST /v1/events`: authenticate, check, publish, and answer only once the broker has every
+//! accepted event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Value, json};
+use tally_kit::tenants::TenantDirectory;
+use tally_schemas::topics::{
+    HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_EVENT_ID, HEADER_SCHEMA, SCHEMA_VERSION,
+};
+use tally_schemas::{EventError, MetricCatalogue, Rule, Topics, ValidationContext, Violation, topics};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{KeyStore, Principal};
+use crate::config::HttpConfig;
+use crate::error::ApiError;
+use crate::intake::{self, Format, Item};
+use crate::metrics::IngestMetrics;
+use crate::publisher::{Pending, PublishError, Publisher};
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub keys: KeyStore,
+    pub tenants: TenantDirectory,
+    pub publisher: Publisher,
+    pub catalogue: Arc<MetricCatalogue>,
+    pub topics: Arc<Topics>,
+    pub http: Arc<HttpConfig>,
+    pub retry_after_secs: u64,
+    pub metrics: IngestMetrics,
+    pub stopping: CancellationToken,
+}
+
+pub async fn post_events(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let outcome = handle(&state, &headers, body).await;
+    let response = match outcome {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    state.metrics.requests.with_label_values(&[response.status().as_str()]).inc();
+    state.metrics.queue_depth.set(i64::from(state.publisher.queue_depth()));
+    response
+}
+
+async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    if state.stopping.is_cancelled() {
+        return Err(ApiError::Unavailable {
+            message: "ingest is shutting down".to_owned(),
+            retry_after_secs: state.retry_after_secs,
+            results: None,
+        });
+    }
+    let header_str = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    let principal = state.keys.authenticate(header_str(header::AUTHORIZATION)).await?;
+    let format = Format::from_content_type(header_str(header::CONTENT_TYPE))?;
+    let max = state.http.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, max)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("the body is larger than {max} bytes: split the batch")))?;
+    let raw_items = intake::split(&bytes, format, state.http.max_batch_events)?;
+    let ctx = ValidationContext::new(&state.catalogue, Utc::now());
+    let mut items = intake::check(raw_items, format, &principal, &ctx)?;
+    check_tenants(state, &principal, &mut items).await?;
+    publish(state, items).await
+}
+
+/// Refuses events of tenants that are unknown or not active. A tenant key whose own tenant is
+/// not active is refused as a whole.
+async fn check_tenants(state: &AppState, principal: &Principal, items: &mut [Item<'_>]) -> Result<(), ApiError> {
+    let unavailable = |e: sqlx::Error| ApiError::Unavailable {
+        message: format!("the tenant registry did not answer: {e}"),
+        retry_after_secs: state.retry_after_secs,
+        results: None,
+    };
+    if let Principal::Tenant(own) = principal {
+        match state.tenants.lookup(own.as_str()).await.map_err(unavailable)? {
+            Some(record) if record.is_active() => return Ok(()),
+            Some(record) => {
+                return Err(ApiError::Forbidden(format!("tenant {own:?} is {}: it may not send usage", record.status)));
+            }
+            None => return Err(ApiError::Forbidden(format!("tenant {own:?} is not in the tenant registry"))),
+        }
+    }
+    let mut verdicts: HashMap<String, Option<Violation>> = HashMap::new();
+    for item in items.iter_mut() {
+        let Ok(event) = &item.outcome else { continue };
+        let tenant = event.tenant_id.as_str();
+        if !verdicts.contains_key(tenant) {
+            let verdict = match state.tenants.lookup(tenant).await.map_err(unavailable)? {
+                Some(record) if record.is_active() => None,
+                Some(record) => Some(Violation::new(
+                    "tenant_id",
+                    Rule::Unsupported,
+                    format!("tenant {tenant:?} is {}: it may not send usage", record.status),
+                )),
+                None => Some(Violation::new(
+                    "tenant_id",
+                    Rule::Unsupported,
+                    format!("tenant {tenant:?} is not in the tenant registry"),
+                )),
+            };
+            verdicts.insert(tenant.to_owned(), verdict);
+        }
+        if let Some(Some(violation)) = verdicts.get(tenant) {
+            item.outcome = Err(EventError::Invalid(vec![violation.clone()]));
+        }
+    }
+    Ok(())
+}
+
+/// What became of one event, for the answer.
+fn result_json(index: usize, item: &Item<'_>, status: &str) -> Value {
+    match &item.outcome {
+        Ok(event) => json!({"index": index, "id": event.id, "status": status}),
+        Err(error) => {
+            let errors: Vec<Value> = match error {
+                EventError::Malformed(message) => vec![json!({"field": "", "rule": "malformed", "message": message})],
+                EventError::Invalid(violations) => violations
+                    .iter()
+                    .map(|v| json!({"field": v.field, "rule": v.rule.code(), "message": v.message}))
+                    .collect(),
+            };
+            json!({"index": index, "status": "rejected", "reason": reason(error), "errors": errors})
+        }
+    }
+}
+
+fn reason(error: &EventError) -> &'static str {
+    match error.violations().first() {
+        Some(v) if v.field == "tenant_id" && v.rule == Rule::Unsupported => "tenant_not_accepted",
+        _ => error.reason_code(),
+    }
+}
+
+async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let mut accepted: Vec<(usize, Pending)> = Vec::new();
+    let mut dead_letters: Vec<Pending> = Vec::new();
+    let mut overloaded = false;
+    for (index, item) in items.iter().enumerate() {
+        match &item.outcome {
+            Ok(event) => {
+                let payload = event.to_json();
+                let headers: [(&str, &[u8]); 2] =
+                    [(HEADER_EVENT_ID, event.id.as_str().as_bytes()), (HEADER_SCHEMA, SCHEMA_VERSION.as_bytes())];
+                match state.publisher.enqueue(
+                    &state.topics.usage_events,
+                    topics::message_key(&event.tenant_id),
+                    &payload,
+                    &headers,
+                ) {
+                    Ok(pending) => accepted.push((index, pending)),
+                    Err(PublishError::QueueFull) => {
+                        overloaded = true;
+                        break;
+                    }
+                    Err(PublishError::NotAcknowledged(error)) => {
+                        return Err(unavailable(state, format!("the broker refused the event: {error}"), None));
+                    }
+                }
+            }
+            Err(error) => {
+                let reason = reason(error);
+                state.metrics.rejected.with_label_values(&[reason]).inc();
+                let detail = error.to_string();
+                let headers: [(&str, &[u8]); 3] = [
+                    (HEADER_DLQ_REASON, reason.as_bytes()),
+                    (HEADER_DLQ_DETAIL, detail.as_bytes()),
+                    (HEADER_DLQ_STAGE, b"ingest"),
+                ];
+                let key = item.claimed_tenant.as_deref().unwrap_or_default().as_bytes();
+                match state.publisher.enqueue(&state.topics.dead_letter, key, item.raw.get().as_bytes(), &headers) {
+                    Ok(pending) => dead_letters.push(pending),
+                    Err(error) => {
+                        state.metrics.dead_letter_failures.inc();
+                        tracing::warn!(%error, reason, "refused event not dead-lettered");
+                    }
+                }
+            }
+        }
+    }
+
+    let mut published = vec![false; items.len()];
+    let mut failure = None;
+    for (index, pending) in accepted {
+        match pending.acknowledged().await {
+            Ok(()) => published[index] = true,
+            Err(error) => failure = Some(error),
+        }
+    }
+    for pending in dead_letters {
+        if let Err(error) = pending.acknowledged().await {
+            state.metrics.dead_letter_failures.inc();
+            tracing::warn!(%error, "refused event not dead-lettered");
+        }
+    }
+    state.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
+    let published_count = published.iter().filter(|p| **p).count();
+    state.metrics.accepted.inc_by(published_count as u64);
+
+    let results: Vec<Value> = items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| match (&item.outcome, published[index]) {
+            (Ok(_), true) => result_json(index, item, "accepted"),
+            (Ok(_), false) => result_json(index, item, "not_published"),
+            (Err(_), _) => result_json(index, item, "rejected"),
+        })
+        .collect();
+    if overloaded {
+        return Err(ApiError::Overloaded {
+            retry_after_secs: state.retry_after_secs,
+            results: Some(Value::Array(results)),
+        });
+    }
+    if let Some(error) = failure {
+        return Err(unavailable(state, format!("the broker did not acknowledge every event: {error}"), Some(results)));
+    }
+    let rejected = items.iter().filter(|item| item.outcome.is_err()).count();
+    let status = if published_count == 0 { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::ACCEPTED };
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for item in &items {
+        if let Err(error) = &item.outcome {
+            *by_reason.entry(reason(error)).or_default() += 1;
+        }
+    }
+    let body =
+        json!({"accepted": published_count, "rejected": rejected, "rejected_by_reason": by_reason, "results": results});
+    Ok((status, Json(body)).into_response())
+}
+
+fn unavailable(state: &AppState, message: String, results: Option<Vec<Value>>) -> ApiError {
+    ApiError::Unavailable { message, retry_after_secs: state.retry_after_secs, results: results.map(Value::Array) }
+}

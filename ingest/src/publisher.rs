@@ -1,0 +1,106 @@
+//! The Kafka side of ingest: an idempotent, `acks=all` producer. A message counts as published
+//! only when the broker acknowledged it; the queue in front of the broker is bounded and a full
+//! queue is reported to the caller, never dropped.
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use crate::config::ProducerConfig;
+use tally_kit::config::KafkaConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The local queue is full: the broker is slower than the intake.
+    #[error("the producer queue is full")]
+    QueueFull,
+    /// The broker did not take the message (down, timed out, refused).
+    #[error("the broker did not acknowledge the message: {0}")]
+    NotAcknowledged(KafkaError),
+}
+
+/// A message on its way: resolves when the broker acknowledged it or gave up.
+pub struct Pending(DeliveryFuture);
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
+}
+
+impl Pending {
+    pub async fn acknowledged(self) -> Result<(), PublishError> {
+        match self.0.await {
+            Ok(Ok(_delivery)) => Ok(()),
+            Ok(Err((error, _message))) => Err(PublishError::NotAcknowledged(error)),
+            Err(_canceled) => Err(PublishError::NotAcknowledged(KafkaError::Canceled)),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub fn new(kafka: &KafkaConfig, config: &ProducerConfig) -> Result<Self, KafkaError> {
+        let producer = tally_kit::kafka::client_config(kafka)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", config.message_timeout_ms.to_string())
+            .set("queue.buffering.max.messages", config.max_queue_messages.to_string())
+            .set("linger.ms", config.linger_ms.to_string())
+            .set("compression.type", &config.compression)
+            .create()?;
+        Ok(Self { producer })
+    }
+
+    /// Puts one message on the queue; `headers` are (name, value) pairs.
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<Pending, PublishError> {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header { key: name, value: Some(*value) });
+        }
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(owned);
+        match self.producer.send_result(record) {
+            Ok(delivery) => Ok(Pending(delivery)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
+            Err((error, _)) => Err(PublishError::NotAcknowledged(error)),
+        }
+    }
+
+    /// Messages not yet acknowledged by the broker.
+    pub fn queue_depth(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Asks the broker for metadata: `/readyz`'s broker check.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), String> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).map(drop))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits for every queued message to be acknowledged (shutdown).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout)).await.map_err(|_| KafkaError::Canceled)?
+    }
+}

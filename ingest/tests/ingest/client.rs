@@ -1,0 +1,1 @@
+//! The emitter client against a running ingest.

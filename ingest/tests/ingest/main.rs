@@ -1,0 +1,8 @@
+//! Ingest against the real broker and PostgreSQL: one test binary, modules by concern.
+
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod broker_down;
+mod client;
+mod helpers;

@@ -1,0 +1,49 @@
+//! The platform's tenant registry, read through a short-lived cache.
+//!
+//! Services ask "does tenant T exist, is it active, what tier?" on hot paths; the answer is cached
+//! for `ttl` so a burst of requests costs one query, and a change in PostgreSQL (suspension,
+//! tier change) is seen within `ttl`.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::cache::TtlCache;
+
+/// A tenant's registry row, as far as Tally needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub status: String,
+    pub tier: String,
+}
+
+impl TenantRecord {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantDirectory {
+    pool: PgPool,
+    cache: TtlCache<Option<TenantRecord>>,
+}
+
+impl TenantDirectory {
+    pub fn new(pool: PgPool, ttl: Duration) -> Self {
+        Self { pool, cache: TtlCache::new(ttl) }
+    }
+
+    /// The tenant's record, or `None` when the registry has no such tenant.
+    pub async fn lookup(&self, tenant_id: &str) -> Result<Option<TenantRecord>, sqlx::Error> {
+        self.cache
+            .get_or_fetch(tenant_id, || async {
+                let row: Option<(String, String)> = sqlx::query_as("SELECT status, tier FROM tenant WHERE id = $1")
+                    .bind(tenant_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|(status, tier)| TenantRecord { status, tier }))
+            })
+            .await
+    }
+}
