@@ -46,7 +46,7 @@ pub enum Command {
 
 /// The sections `tally-admin` reads.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct AdminConfig {
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,

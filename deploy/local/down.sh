@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stops the local stack's broker and ClickHouse gracefully (SIGTERM: the broker saves its data).
+# Stops the local pipeline's services, then the broker and ClickHouse, gracefully (SIGTERM: ingest
+# flushes its producer, the broker saves its data).
 # PostgreSQL is the machine's and is left running. `--purge` also deletes the stack's data.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -19,6 +20,7 @@ stop() {
   rm -f "$file"
 }
 
+stop ingest
 stop kafka
 stop clickhouse
 if [ "${1:-}" = "--purge" ]; then

@@ -3,8 +3,10 @@
 #   * a Kafka-protocol broker (noida-db),
 #   * ClickHouse 26.9 (the chdb-core wheel, serving HTTP and native),
 #   * PostgreSQL (the machine's; installed with apt-get if absent),
-# then applies the PostgreSQL migrations and the ClickHouse DDL and creates the topics.
+# then applies the PostgreSQL migrations and the ClickHouse DDL, creates the topics, and runs the
+# pipeline's services that exist so far (ingest), with a demo tenant, its API key and a first event.
 # Installs only what is missing; running it again is harmless. Stop with deploy/local/down.sh.
+# `--stack-only` stops after the stack (what CI's tests need).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -97,6 +99,7 @@ write_env() {
 export TALLY_KAFKA__BROKERS=127.0.0.1:$KAFKA_PORT
 export TALLY_CLICKHOUSE__URL=http://127.0.0.1:$CLICKHOUSE_HTTP_PORT
 export TALLY_POSTGRES__URL=$(postgres_url tally)
+export TALLY_TELEMETRY__FORMAT=text
 export TALLY_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export TALLY_TEST_CLICKHOUSE_URL=http://127.0.0.1:$CLICKHOUSE_HTTP_PORT
 export TALLY_TEST_POSTGRES_URL=$(postgres_url postgres)
@@ -111,6 +114,50 @@ setup_schemas() {
     || die "setup failed (see above): a build error, or a dependency that did not answer"
 }
 
+admin() { (cd "$ROOT" && cargo run --quiet -p tally-admin -- "$@"); }
+
+start_ingest() {
+  say "building tally-ingest"
+  (cd "$ROOT" && cargo build --quiet -p tally-ingest) || die "building tally-ingest failed (see above)"
+  local target
+  target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  if pid_alive ingest; then
+    say "restarting ingest"
+    kill -TERM "$(cat "$RUN_DIR/ingest.pid")" 2>/dev/null || true
+    wait_for "ingest to stop" 20 bash -c "! kill -0 $(cat "$RUN_DIR/ingest.pid") 2>/dev/null"
+  fi
+  refuse_taken_port ingest "$INGEST_PORT"
+  TALLY_HTTP__LISTEN=127.0.0.1:$INGEST_PORT setsid nohup "$target/debug/tally-ingest" \
+    >>"$LOG_DIR/ingest.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/ingest.pid"
+  wait_for ingest 30 http_ok "http://127.0.0.1:$INGEST_PORT/readyz" || die "ingest did not become ready: see $LOG_DIR/ingest.log"
+}
+
+# A demo tenant of the platform's registry and an API key for it, made once.
+seed_demo() {
+  PGPASSWORD=$POSTGRES_PASSWORD psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d tally -qc \
+    "INSERT INTO tenant (id, name, tier) VALUES ('demo', 'Demo tenant', 'STANDARD') ON CONFLICT (id) DO NOTHING" \
+    || die "cannot create the demo tenant"
+  if [ ! -s "$STACK_DIR/demo-key" ]; then
+    admin api-key create --tenant demo --label local-demo | grep '^tly_' >"$STACK_DIR/demo-key" \
+      || die "cannot create the demo API key"
+  fi
+}
+
+send_first_event() {
+  python3 - "http://127.0.0.1:$INGEST_PORT/v1/events" "$(cat "$STACK_DIR/demo-key")" <<'PY'
+import datetime, json, sys, urllib.request, uuid
+url, key = sys.argv[1], sys.argv[2]
+event = {"id": f"demo-{uuid.uuid4().hex[:12]}", "tenant_id": "demo", "metric": "api_calls", "value": 1,
+         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(), "source": "local-stack"}
+request = urllib.request.Request(url, data=json.dumps([event]).encode(),
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+with urllib.request.urlopen(request, timeout=10) as response:
+    answer = json.load(response)
+    print(f"[stack] sent a first event: HTTP {response.status}, accepted {answer['accepted']}")
+PY
+}
+
 main() {
   mkdir -p "$LOG_DIR" "$RUN_DIR" "$TOOLS_DIR"
   install_noida
@@ -120,12 +167,23 @@ main() {
   start_clickhouse
   write_env
   setup_schemas
+  if [ "${1:-}" = "--stack-only" ]; then
+    say "stack ready (--stack-only: no services started)"
+    return
+  fi
+  # shellcheck disable=SC1091
+  source "$STACK_DIR/env"
+  start_ingest
+  seed_demo
+  send_first_event || die "the first event was not accepted: see $LOG_DIR/ingest.log"
   cat <<DONE
 
 Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
   Kafka protocol   127.0.0.1:$KAFKA_PORT  (topics usage-events, usage-events-dlq)
   ClickHouse       http://127.0.0.1:$CLICKHOUSE_HTTP_PORT  native 127.0.0.1:$CLICKHOUSE_TCP_PORT  (database tally)
   PostgreSQL       $(postgres_url tally | sed "s/:$POSTGRES_PASSWORD@/:***@/")
+  Ingest           http://127.0.0.1:$INGEST_PORT/v1/events  (demo tenant key in $STACK_DIR/demo-key;
+                   /livez /readyz /metrics /openapi.yaml)
 Environment for services and tests:  source $STACK_DIR/env
 Stop it with:                        deploy/local/down.sh
 DONE

@@ -1,1 +1,224 @@
-fn main() {}
+//! Sustained HTTP batch ingest vs a bare rdkafka producer, same broker, same process.
+//!
+//! Needs the local stack (`deploy/local/up.sh`). Run:
+//! `cargo bench -p tally-ingest --bench ingest_throughput [-- EVENTS BATCH CONCURRENCY ROUNDS]`.
+//! The baseline produces the same keyed JSON payloads with the same producer settings ingest
+//! uses (idempotent, acks=all, linger, compression) and waits for every acknowledgement; ingest is
+//! driven over loopback HTTP with batches from concurrent clients and counts only 202-acknowledged
+//! events. Reports events/s for both, their ratio (goal ≥ 0.8) and the process's peak RSS.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use tally_ingest::config::{IngestConfig, ProducerConfig};
+use tally_ingest::{Ingest, auth};
+use tally_kit::config::KafkaConfig;
+use tally_schemas::{MetricCatalogue, Topics, UsageEvent, ValidationContext};
+use tally_testkit::{TestPostgres, unique_name};
+use tokio_util::sync::CancellationToken;
+
+const TENANTS: usize = 100;
+
+// The same allocator as the `tally-ingest` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn arg(index: usize, default: usize) -> usize {
+    std::env::args().skip(1).filter(|a| !a.starts_with("--")).nth(index).and_then(|a| a.parse().ok()).unwrap_or(default)
+}
+
+fn event(round: usize, i: usize) -> Value {
+    json!({
+        "id": format!("r{round}-e{i}"),
+        "tenant_id": format!("tenant-{}", i % TENANTS),
+        "metric": "api_calls",
+        "value": 1,
+        "source": "bench",
+        "attributes": {"route": "/v1/things", "region": "eu-west-1"},
+    })
+}
+
+fn producer(kafka: &KafkaConfig, config: &ProducerConfig) -> FutureProducer {
+    tally_kit::kafka::client_config(kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .set("queue.buffering.max.messages", config.max_queue_messages.to_string())
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("compression.type", &config.compression)
+        .create()
+        .expect("producer")
+}
+
+/// The baseline: the payloads ingest would write, straight to the broker.
+async fn bare_producer(producer: &FutureProducer, topic: &str, round: usize, events: usize) -> f64 {
+    let catalogue = MetricCatalogue::default();
+    let ctx = ValidationContext::new(&catalogue, chrono::Utc::now());
+    let payloads: Vec<(String, Vec<u8>)> = (0..events)
+        .map(|i| {
+            let e = UsageEvent::from_json_value(event(round, i), &ctx).unwrap();
+            (e.tenant_id.to_string(), e.to_json())
+        })
+        .collect();
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(events);
+    for (key, payload) in &payloads {
+        loop {
+            match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+    for delivery in pending {
+        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    events as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The part of ingest's answer the load generator reads.
+#[derive(serde::Deserialize)]
+struct Accepted {
+    accepted: u64,
+}
+
+/// Ingest over HTTP: `concurrency` clients post pre-built batches until `events` are acknowledged.
+async fn http_ingest(url: &str, key: &str, round: usize, events: usize, batch: usize, concurrency: usize) -> f64 {
+    let bodies: Vec<Vec<u8>> = (0..events)
+        .step_by(batch)
+        .map(|start| {
+            serde_json::to_vec(&(start..(start + batch).min(events)).map(|i| event(round, i)).collect::<Vec<_>>())
+                .unwrap()
+        })
+        .collect();
+    let bodies = Arc::new(tokio::sync::Mutex::new(bodies));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (bodies, client, url, key) = (bodies.clone(), client.clone(), url.to_owned(), key.to_owned());
+        workers.push(tokio::spawn(async move {
+            let mut accepted = 0u64;
+            loop {
+                let Some(body) = bodies.lock().await.pop() else { break };
+                loop {
+                    let response = client
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status();
+                    let bytes = response.bytes().await.unwrap();
+                    if status == reqwest::StatusCode::ACCEPTED {
+                        accepted += serde_json::from_slice::<Accepted>(&bytes).unwrap().accepted;
+                        break;
+                    }
+                    let answer = String::from_utf8_lossy(&bytes);
+                    assert!(
+                        status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                            || status == reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                        "unexpected {status}: {answer}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            accepted
+        }));
+    }
+    let mut accepted = 0;
+    for worker in workers {
+        accepted += worker.await.unwrap();
+    }
+    assert_eq!(accepted, events as u64, "every event acknowledged");
+    events as f64 / started.elapsed().as_secs_f64()
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let events = arg(0, 200_000);
+    let batch = arg(1, 1_000);
+    let concurrency = arg(2, 4);
+    let rounds = arg(3, 3);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let kafka = tally_testkit::kafka_config();
+        let pg = TestPostgres::create().await;
+        let tenants: Vec<String> = (0..TENANTS).map(|i| format!("('tenant-{i}', 'Tenant {i}')")).collect();
+        sqlx::query(&format!("INSERT INTO tenant (id, name) VALUES {}", tenants.join(", ")))
+            .execute(&pg.pool)
+            .await
+            .unwrap();
+        let key = auth::create_key(&pg.pool, None, "bench").await.unwrap().token;
+        let topics = Topics {
+            usage_events: unique_name("bench-usage"),
+            dead_letter: unique_name("bench-dlq"),
+            ..Topics::default()
+        };
+        tally_kit::kafka::ensure_topics(&kafka, &topics).await.unwrap();
+        let baseline_topic = unique_name("bench-bare");
+        tally_kit::kafka::create_topics(&kafka, &[&baseline_topic], topics.partitions, 1).await.unwrap();
+
+        let mut config = IngestConfig {
+            kafka: kafka.clone(),
+            postgres: pg.config.clone(),
+            topics: topics.clone(),
+            ..IngestConfig::default()
+        };
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        let producer_config = config.producer.clone();
+        let stopping = CancellationToken::new();
+        let ingest = Ingest::build(config, stopping.clone()).await.unwrap();
+        let url = format!("http://{}/v1/events", ingest.local_addr());
+        let running = tokio::spawn(ingest.run_until_stopped());
+
+        // Both sides warm: connections, metadata, producer ids, caches.
+        let bare_client = producer(&kafka, &producer_config);
+        bare_producer(&bare_client, &baseline_topic, 0, 5_000).await;
+        http_ingest(&url, &key, 0, 5_000, batch, concurrency).await;
+
+        let (mut bare, mut http) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            bare.push(bare_producer(&bare_client, &baseline_topic, round, events).await);
+            http.push(http_ingest(&url, &key, round, events, batch, concurrency).await);
+            println!(
+                "round {round}: bare producer {:>9.0} events/s, HTTP ingest {:>9.0} events/s",
+                bare[round - 1],
+                http[round - 1]
+            );
+        }
+        let (bare, http) = (median(bare), median(http));
+        println!(
+            "events per round {events}, batch {batch}, {concurrency} concurrent clients, {rounds} rounds (medians)"
+        );
+        println!("bare rdkafka producer: {bare:.0} events/s");
+        println!("HTTP batch ingest:     {http:.0} events/s");
+        println!("ratio ingest / bare:   {:.2} (goal >= 0.80)", http / bare);
+        println!("peak RSS (bench process: ingest + load + baseline): {:.0} MiB", peak_rss_mib());
+        stopping.cancel();
+        running.await.unwrap().unwrap();
+        pg.drop_database().await;
+    });
+}

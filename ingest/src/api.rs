@@ -11,12 +11,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use tally_kit::producer::{Pending, PublishError, Publisher};
 use tally_kit::tenants::TenantDirectory;
-use tally_schemas::topics::{
-    HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_STAGE, HEADER_EVENT_ID, HEADER_SCHEMA, SCHEMA_VERSION,
-};
-use tally_schemas::{EventError, MetricCatalogue, Rule, Topics, ValidationContext, Violation, topics};
+use tally_schemas::topics::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_STAGE};
+use tally_schemas::{EventError, MetricCatalogue, Rule, Topics, ValidationContext, Violation};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{KeyStore, Principal};
@@ -24,7 +24,6 @@ use crate::config::HttpConfig;
 use crate::error::ApiError;
 use crate::intake::{self, Format, Item};
 use crate::metrics::IngestMetrics;
-use crate::publisher::{Pending, PublishError, Publisher};
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -117,20 +116,47 @@ async fn check_tenants(state: &AppState, principal: &Principal, items: &mut [Ite
 }
 
 /// What became of one event, for the answer.
-fn result_json(index: usize, item: &Item<'_>, status: &str) -> Value {
+#[derive(Debug, Serialize)]
+struct EventResult<'a> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<ErrorDetail<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorDetail<'a> {
+    field: &'a str,
+    rule: &'static str,
+    message: &'a str,
+}
+
+fn event_result<'a>(index: usize, item: &'a Item<'_>, status: &'static str) -> EventResult<'a> {
     match &item.outcome {
-        Ok(event) => json!({"index": index, "id": event.id, "status": status}),
+        Ok(event) => EventResult { index, id: Some(event.id.as_str()), status, reason: None, errors: Vec::new() },
         Err(error) => {
-            let errors: Vec<Value> = match error {
-                EventError::Malformed(message) => vec![json!({"field": "", "rule": "malformed", "message": message})],
+            let errors = match error {
+                EventError::Malformed(message) => vec![ErrorDetail { field: "", rule: "malformed", message }],
                 EventError::Invalid(violations) => violations
                     .iter()
-                    .map(|v| json!({"field": v.field, "rule": v.rule.code(), "message": v.message}))
+                    .map(|v| ErrorDetail { field: &v.field, rule: v.rule.code(), message: &v.message })
                     .collect(),
             };
-            json!({"index": index, "status": "rejected", "reason": reason(error), "errors": errors})
+            EventResult { index, id: None, status: "rejected", reason: Some(reason(error)), errors }
         }
     }
+}
+
+#[derive(Debug, Serialize)]
+struct BatchAnswer<'a> {
+    accepted: usize,
+    rejected: usize,
+    rejected_by_reason: BTreeMap<&'static str, usize>,
+    results: Vec<EventResult<'a>>,
 }
 
 fn reason(error: &EventError) -> &'static str {
@@ -147,26 +173,16 @@ async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, Api
     let mut overloaded = false;
     for (index, item) in items.iter().enumerate() {
         match &item.outcome {
-            Ok(event) => {
-                let payload = event.to_json();
-                let headers: [(&str, &[u8]); 2] =
-                    [(HEADER_EVENT_ID, event.id.as_str().as_bytes()), (HEADER_SCHEMA, SCHEMA_VERSION.as_bytes())];
-                match state.publisher.enqueue(
-                    &state.topics.usage_events,
-                    topics::message_key(&event.tenant_id),
-                    &payload,
-                    &headers,
-                ) {
-                    Ok(pending) => accepted.push((index, pending)),
-                    Err(PublishError::QueueFull) => {
-                        overloaded = true;
-                        break;
-                    }
-                    Err(PublishError::NotAcknowledged(error)) => {
-                        return Err(unavailable(state, format!("the broker refused the event: {error}"), None));
-                    }
+            Ok(event) => match state.publisher.enqueue_usage(&state.topics.usage_events, event) {
+                Ok(pending) => accepted.push((index, pending)),
+                Err(PublishError::QueueFull) => {
+                    overloaded = true;
+                    break;
                 }
-            }
+                Err(PublishError::NotAcknowledged(error)) => {
+                    return Err(unavailable(state, format!("the broker refused the event: {error}"), None));
+                }
+            },
             Err(error) => {
                 let reason = reason(error);
                 state.metrics.rejected.with_label_values(&[reason]).inc();
@@ -206,37 +222,41 @@ async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, Api
     let published_count = published.iter().filter(|p| **p).count();
     state.metrics.accepted.inc_by(published_count as u64);
 
-    let results: Vec<Value> = items
+    let results: Vec<EventResult<'_>> = items
         .iter()
         .enumerate()
         .map(|(index, item)| match (&item.outcome, published[index]) {
-            (Ok(_), true) => result_json(index, item, "accepted"),
-            (Ok(_), false) => result_json(index, item, "not_published"),
-            (Err(_), _) => result_json(index, item, "rejected"),
+            (Ok(_), true) => event_result(index, item, "accepted"),
+            (Ok(_), false) => event_result(index, item, "not_published"),
+            (Err(_), _) => event_result(index, item, "rejected"),
         })
         .collect();
+    let as_json = |results: &[EventResult<'_>]| serde_json::to_value(results).unwrap_or(Value::Null);
     if overloaded {
         return Err(ApiError::Overloaded {
             retry_after_secs: state.retry_after_secs,
-            results: Some(Value::Array(results)),
+            results: Some(as_json(&results)),
         });
     }
     if let Some(error) = failure {
-        return Err(unavailable(state, format!("the broker did not acknowledge every event: {error}"), Some(results)));
+        return Err(unavailable(
+            state,
+            format!("the broker did not acknowledge every event: {error}"),
+            Some(as_json(&results)),
+        ));
     }
     let rejected = items.iter().filter(|item| item.outcome.is_err()).count();
     let status = if published_count == 0 { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::ACCEPTED };
-    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut rejected_by_reason: BTreeMap<&'static str, usize> = BTreeMap::new();
     for item in &items {
         if let Err(error) = &item.outcome {
-            *by_reason.entry(reason(error)).or_default() += 1;
+            *rejected_by_reason.entry(reason(error)).or_default() += 1;
         }
     }
-    let body =
-        json!({"accepted": published_count, "rejected": rejected, "rejected_by_reason": by_reason, "results": results});
-    Ok((status, Json(body)).into_response())
+    let answer = BatchAnswer { accepted: published_count, rejected, rejected_by_reason, results };
+    Ok((status, Json(answer)).into_response())
 }
 
-fn unavailable(state: &AppState, message: String, results: Option<Vec<Value>>) -> ApiError {
-    ApiError::Unavailable { message, retry_after_secs: state.retry_after_secs, results: results.map(Value::Array) }
+fn unavailable(state: &AppState, message: String, results: Option<Value>) -> ApiError {
+    ApiError::Unavailable { message, retry_after_secs: state.retry_after_secs, results }
 }

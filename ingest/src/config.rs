@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 
 use serde::Deserialize;
+pub use tally_kit::config::ProducerConfig;
 use tally_kit::config::{KafkaConfig, PostgresConfig, TelemetryConfig};
 use tally_schemas::{MetricCatalogue, Topics};
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct IngestConfig {
     pub http: HttpConfig,
     pub producer: ProducerConfig,
@@ -30,6 +31,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Most events in one request; more get 413.
     pub max_batch_events: usize,
+    /// What `Retry-After` tells clients when the broker is slow or down.
+    pub retry_after_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -38,36 +41,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_events: 10_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProducerConfig {
-    /// How long the producer keeps trying to deliver a message before the request fails with 503.
-    pub message_timeout_ms: u64,
-    /// Bound on messages waiting for the broker; past it requests get 429.
-    pub max_queue_messages: u32,
-    /// How long the producer waits to fill a batch.
-    pub linger_ms: u32,
-    /// `none`, `gzip`, `snappy`, `lz4` or `zstd` (if librdkafka was built with it).
-    pub compression: String,
-    /// What `Retry-After` tells clients when the broker is slow or down.
-    pub retry_after_secs: u64,
-    /// How long shutdown waits for in-flight messages.
-    pub flush_timeout_ms: u64,
-}
-
-impl Default for ProducerConfig {
-    fn default() -> Self {
-        Self {
-            message_timeout_ms: 10_000,
-            max_queue_messages: 200_000,
-            linger_ms: 5,
-            compression: "lz4".to_owned(),
             retry_after_secs: 1,
-            flush_timeout_ms: 15_000,
         }
     }
 }

@@ -85,11 +85,18 @@ pub fn check<'a>(
 ) -> Result<Vec<Item<'a>>, ApiError> {
     let mut checked = Vec::with_capacity(items.len());
     for (index, raw) in items.into_iter().enumerate() {
-        let value: Value = match serde_json::from_str(raw.get()) {
-            Ok(value) => value,
-            Err(e) => return Err(ApiError::Malformed(format!("event {index}: {e}"))),
+        let outcome = match format {
+            Format::Json => UsageEvent::from_json_str(raw.get(), ctx),
+            Format::CloudEvent | Format::CloudEventBatch => cloudevents::from_slice(raw.get().as_bytes(), ctx),
         };
-        let claimed_tenant = value.get(format.tenant_field()).and_then(Value::as_str).map(str::to_owned);
+        // A valid event names its tenant; an invalid one is read again only to learn which
+        // tenant it claims (for the scope check and the dead-letter key).
+        let claimed_tenant = match &outcome {
+            Ok(event) => Some(event.tenant_id.to_string()),
+            Err(_) => serde_json::from_str::<Value>(raw.get())
+                .ok()
+                .and_then(|value| value.get(format.tenant_field()).and_then(Value::as_str).map(str::to_owned)),
+        };
         if let (Principal::Tenant(own), Some(claimed)) = (principal, &claimed_tenant)
             && claimed != own.as_str()
         {
@@ -98,10 +105,6 @@ pub fn check<'a>(
                  a tenant key writes only its own tenant's events; nothing was accepted"
             )));
         }
-        let outcome = match format {
-            Format::Json => UsageEvent::from_json_value(value, ctx),
-            Format::CloudEvent | Format::CloudEventBatch => cloudevents::from_value(value, ctx),
-        };
         checked.push(Item { raw, outcome, claimed_tenant });
     }
     Ok(checked)

@@ -12,7 +12,6 @@ pub mod config;
 pub mod error;
 pub mod intake;
 pub mod metrics;
-pub mod publisher;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use axum::Router;
 use axum::http::header;
 use axum::routing::{get, post};
 use tally_kit::ops::{HttpServer, Ops};
+use tally_kit::producer::Publisher;
 use tally_kit::tenants::TenantDirectory;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,6 @@ use crate::api::AppState;
 use crate::auth::KeyStore;
 pub use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
-use crate::publisher::Publisher;
 
 /// The OpenAPI 3.1 document of the ingest API.
 pub const OPENAPI: &str = include_str!("../openapi.yaml");
@@ -59,7 +58,7 @@ impl Ingest {
             catalogue: Arc::new(config.metrics.clone()),
             topics: Arc::new(config.topics.clone()),
             http: Arc::new(config.http.clone()),
-            retry_after_secs: config.producer.retry_after_secs,
+            retry_after_secs: config.http.retry_after_secs,
             metrics,
             stopping,
         };

@@ -3,7 +3,9 @@
 //! Environment overrides are `TALLY_<SECTION>__<KEY>` (a double underscore between levels, e.g.
 //! `TALLY_KAFKA__BROKERS`, `TALLY_POSTGRES__MAX_CONNECTIONS`). Variables without a double
 //! underscore (such as the local stack's `TALLY_KAFKA_PORT`) are not configuration and are ignored.
-//! The loader takes the environment as a map so precedence is testable.
+//! The loader takes the environment as a map so precedence is testable. A binary ignores the
+//! sections other services read (one file may configure them all) but refuses unknown keys inside
+//! its own sections and section names no Tally service knows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -13,6 +15,26 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 const ENV_PREFIX: &str = "TALLY_";
+
+/// Every top-level section any Tally binary reads. One file or environment may configure several
+/// services, so a binary tolerates the others' sections but refuses a name that is none of these
+/// (a typo).
+pub const KNOWN_SECTIONS: &[&str] = &[
+    "auth",
+    "clickhouse",
+    "enforcer",
+    "http",
+    "kafka",
+    "metrics",
+    "postgres",
+    "producer",
+    "stripe",
+    "telemetry",
+    "tiers",
+    "topics",
+    "aggregator",
+    "billing",
+];
 const ENV_SEPARATOR: &str = "__";
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +74,14 @@ pub fn load<T: DeserializeOwned>(file: Option<&Path>, env: &HashMap<String, Stri
         }
         _ => ConfigError::Invalid(e.to_string()),
     })?;
+    let sections: HashMap<String, serde::de::IgnoredAny> =
+        merged.clone().try_deserialize().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    if let Some(unknown) = sections.keys().find(|key| !KNOWN_SECTIONS.contains(&key.as_str())) {
+        return Err(ConfigError::Invalid(format!(
+            "unknown section `{unknown}`; known sections: {}",
+            KNOWN_SECTIONS.join(", ")
+        )));
+    }
     merged.try_deserialize().map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
@@ -182,5 +212,33 @@ pub struct TelemetryConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self { format: LogFormat::Json, filter: "info".to_owned() }
+    }
+}
+
+/// The Kafka producer (`[producer]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// How long the producer keeps trying to deliver a message before giving up on it.
+    pub message_timeout_ms: u64,
+    /// Bound on messages waiting for the broker; past it, sends are refused as overload.
+    pub max_queue_messages: u32,
+    /// How long the producer waits to fill a batch.
+    pub linger_ms: u32,
+    /// `none`, `gzip`, `snappy` or `lz4`.
+    pub compression: String,
+    /// How long shutdown waits for in-flight messages.
+    pub flush_timeout_ms: u64,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            message_timeout_ms: 10_000,
+            max_queue_messages: 200_000,
+            linger_ms: 5,
+            compression: "lz4".to_owned(),
+            flush_timeout_ms: 15_000,
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! * [`shutdown`]: SIGINT/SIGTERM as a cancellation token;
 //! * [`ops`]: the operations endpoints `/livez`, `/readyz` and `/metrics`;
 //! * [`kafka`], [`clickhouse`], [`postgres`]: clients, health checks and schema setup;
+//! * [`producer`]: the idempotent, acknowledged Kafka producer;
 //! * [`tenants`]: the platform's tenant registry behind a short-lived cache ([`cache`]).
 
 pub mod cache;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod kafka;
 pub mod ops;
 pub mod postgres;
+pub mod producer;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;

@@ -12,7 +12,7 @@ use tally_kit::ops::{HttpServer, Ops};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 struct TestConfig {
     kafka: KafkaConfig,
     clickhouse: ClickHouseConfig,
@@ -88,6 +88,12 @@ fn bad_values_and_unknown_keys_are_named() {
 
     let error = load::<TestConfig>(Some(std::path::Path::new("/nonexistent/tally.toml")), &HashMap::new()).unwrap_err();
     assert!(error.to_string().contains("/nonexistent/tally.toml"), "{error}");
+
+    let typo = file("[kafak]\nbrokers = \"a:1\"\n");
+    let error = load::<TestConfig>(Some(&typo.0), &HashMap::new()).unwrap_err();
+    assert!(error.to_string().contains("kafak"), "{error}");
+    let other_service: TestConfig = load(None, &env(&[("TALLY_HTTP__LISTEN", "127.0.0.1:1")])).unwrap();
+    assert_eq!(other_service.kafka.brokers, "127.0.0.1:9092", "another service's section is tolerated");
 
     let broken = file("[kafka\n");
     let error = load::<TestConfig>(Some(&broken.0), &HashMap::new()).unwrap_err();

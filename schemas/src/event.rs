@@ -3,6 +3,7 @@
 //! Parsing goes through loosely typed JSON first so that every broken rule is reported, each with
 //! the field's name as the sender wrote it (CloudEvents senders see `subject`, not `tenant_id`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -171,25 +172,158 @@ pub(crate) fn json_type(value: &Value) -> &'static str {
     }
 }
 
-/// Checks every rule and builds the event, or returns every violation found.
+/// Attribute (name, value) pairs as read, borrowed where possible.
+pub(crate) type AttributePairs<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+
+/// An event whose fields have the right JSON types, before the rules are checked. Strings borrow
+/// from the request body where they can.
+#[derive(Debug, Default)]
+pub(crate) struct Candidate<'a> {
+    pub id: Option<Cow<'a, str>>,
+    pub tenant_id: Option<Cow<'a, str>>,
+    pub metric: Option<Cow<'a, str>>,
+    pub value: Option<Quantity>,
+    /// `None` with `timestamp_given == false` means "now".
+    pub timestamp: Option<Cow<'a, str>>,
+    pub timestamp_given: bool,
+    pub source: Option<Cow<'a, str>>,
+    pub attributes: Option<AttributePairs<'a>>,
+}
+
+/// The plain-JSON event with every field of the right type: the fast path, one pass, strings
+/// borrowed from the body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypedPlainEvent<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    tenant_id: Cow<'a, str>,
+    #[serde(borrow)]
+    metric: Cow<'a, str>,
+    value: Quantity,
+    #[serde(default, borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "attribute_pairs")]
+    attributes: Option<AttributePairs<'a>>,
+}
+
+/// Reads a JSON object of strings as (name, value) pairs, without building a map.
+fn attribute_pairs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<AttributePairs<'de>>, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Option<AttributePairs<'de>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of string values")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(4));
+            while let Some((key, value)) = map.next_entry::<BorrowedStr<'de>, BorrowedStr<'de>>()? {
+                pairs.push((key.0, value.0));
+            }
+            Ok(Some(pairs))
+        }
+    }
+    deserializer.deserialize_any(Pairs)
+}
+
+/// A string borrowed from the input where it has no escapes.
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for BorrowedStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = BorrowedStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
+impl UsageEvent {
+    /// Parses and validates one plain-JSON event from text: a typed single pass when every field
+    /// has the right type (the common case), the field-by-field path otherwise, so the errors are
+    /// as complete either way.
+    pub fn from_json_str(text: &str, ctx: &ValidationContext<'_>) -> Result<Self, EventError> {
+        match serde_json::from_str::<TypedPlainEvent<'_>>(text) {
+            Ok(typed) => {
+                let candidate = Candidate {
+                    id: Some(typed.id),
+                    tenant_id: Some(typed.tenant_id),
+                    metric: Some(typed.metric),
+                    value: Some(typed.value),
+                    timestamp_given: typed.timestamp.is_some(),
+                    timestamp: typed.timestamp,
+                    source: Some(typed.source),
+                    attributes: Some(typed.attributes.unwrap_or_default()),
+                };
+                check(candidate, &PLAIN_NAMES, ctx, Vec::new())
+            }
+            Err(_) => Self::from_json_slice(text.as_bytes(), ctx),
+        }
+    }
+}
+
+/// Checks every rule on loosely typed fields and builds the event, or returns every violation.
 pub(crate) fn validate(
     raw: RawFields,
     names: &FieldNames,
     ctx: &ValidationContext<'_>,
     mut violations: Vec<Violation>,
 ) -> Result<UsageEvent, EventError> {
-    let mut v = Checker { violations: &mut violations };
-    let id = v.string(names.id, raw.id).and_then(|s| v.parsed(names.id, EventId::parse(s)));
-    let tenant_id =
-        v.string(names.tenant_id, raw.tenant_id).and_then(|s| v.parsed(names.tenant_id, TenantId::parse(s)));
-    let metric = v
-        .string(names.metric, raw.metric)
+    let mut types = TypeCheck { violations: &mut violations };
+    let candidate = Candidate {
+        id: types.string(names.id, raw.id),
+        tenant_id: types.string(names.tenant_id, raw.tenant_id),
+        metric: types.string(names.metric, raw.metric),
+        value: types.quantity(names.value, raw.value),
+        timestamp_given: !matches!(raw.timestamp, None | Some(Value::Null)),
+        timestamp: types.optional_string(names.timestamp, raw.timestamp, "an RFC 3339 string"),
+        source: types.string(names.source, raw.source),
+        attributes: types.attributes(names.attributes, raw.attributes),
+    };
+    check(candidate, names, ctx, violations)
+}
+
+/// The rules, on fields of the right type; a `None` field was already reported.
+fn check(
+    candidate: Candidate<'_>,
+    names: &FieldNames,
+    ctx: &ValidationContext<'_>,
+    mut violations: Vec<Violation>,
+) -> Result<UsageEvent, EventError> {
+    let mut v = Rules { violations: &mut violations };
+    let id = candidate.id.and_then(|s| v.parsed(names.id, EventId::parse(s)));
+    let tenant_id = candidate.tenant_id.and_then(|s| v.parsed(names.tenant_id, TenantId::parse(s)));
+    let metric = candidate
+        .metric
         .and_then(|s| v.parsed(names.metric, MetricName::parse(s)))
         .and_then(|m| v.known_metric(names.metric, m, ctx.catalogue));
-    let value = v.quantity(names.value, raw.value);
-    let timestamp = v.timestamp(names.timestamp, raw.timestamp, ctx);
-    let source = v.string(names.source, raw.source).and_then(|s| v.source(names.source, s));
-    let attributes = v.attributes(names.attributes, raw.attributes);
+    let value = candidate.value;
+    let timestamp = match (&candidate.timestamp, candidate.timestamp_given) {
+        (Some(text), _) => v.timestamp(names.timestamp, text, ctx),
+        (None, false) => Some(ctx.now),
+        (None, true) => None,
+    };
+    let source = candidate.source.and_then(|s| v.source(names.source, s));
+    let attributes = candidate.attributes.and_then(|pairs| v.attributes(names.attributes, pairs));
 
     if let Some(value) = value.filter(|value| value.is_negative()) {
         v.push(names.value, Rule::OutOfRange, format!("must be 0 or more, got {value}"));
@@ -213,6 +347,16 @@ pub(crate) fn validate(
         );
     }
 
+    // Report in field order whichever pass found the violation (unknown fields first).
+    let rank = |field: &str| {
+        let named =
+            [names.id, names.tenant_id, names.metric, names.value, names.timestamp, names.source, names.attributes];
+        named
+            .iter()
+            .position(|name| field == *name || field.strip_prefix(name).is_some_and(|rest| rest.starts_with('.')))
+    };
+    violations.sort_by_key(|violation| rank(&violation.field).map_or(0, |position| position + 1));
+
     match (id, tenant_id, metric, value, timestamp, source, attributes) {
         (
             Some(id),
@@ -227,48 +371,30 @@ pub(crate) fn validate(
     }
 }
 
-struct Checker<'v> {
+/// JSON type checks for the field-by-field path.
+struct TypeCheck<'v> {
     violations: &'v mut Vec<Violation>,
 }
 
-impl Checker<'_> {
+impl TypeCheck<'_> {
     fn push(&mut self, field: impl Into<String>, rule: Rule, message: impl Into<String>) {
         self.violations.push(Violation::new(field, rule, message));
     }
 
-    fn string(&mut self, field: &str, value: Option<Value>) -> Option<String> {
-        match value {
-            None | Some(Value::Null) => {
-                self.push(field, Rule::Missing, "is required");
-                None
-            }
-            Some(Value::String(s)) => Some(s),
-            Some(other) => {
-                self.push(field, Rule::WrongType, format!("must be a string, got {}", json_type(&other)));
-                None
-            }
+    fn string(&mut self, field: &str, value: Option<Value>) -> Option<Cow<'static, str>> {
+        if matches!(value, None | Some(Value::Null)) {
+            self.push(field, Rule::Missing, "is required");
+            return None;
         }
+        self.optional_string(field, value, "a string")
     }
 
-    fn parsed<T>(&mut self, field: &str, result: Result<T, (Rule, String)>) -> Option<T> {
-        result.map_err(|(rule, message)| self.push(field, rule, message)).ok()
-    }
-
-    fn known_metric<'c>(
-        &mut self,
-        field: &str,
-        metric: MetricName,
-        catalogue: &'c MetricCatalogue,
-    ) -> Option<(MetricName, &'c crate::MetricDef)> {
-        match catalogue.get(&metric) {
-            Some(def) => Some((metric, def)),
-            None => {
-                let known = catalogue.names().join(", ");
-                self.push(
-                    field,
-                    Rule::UnknownMetric,
-                    format!("{metric:?} is not in the metric catalogue; known: {known}"),
-                );
+    fn optional_string(&mut self, field: &str, value: Option<Value>, expected: &str) -> Option<Cow<'static, str>> {
+        match value {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(Cow::Owned(s)),
+            Some(other) => {
+                self.push(field, Rule::WrongType, format!("must be {expected}, got {}", json_type(&other)));
                 None
             }
         }
@@ -305,16 +431,73 @@ impl Checker<'_> {
         }
     }
 
-    fn timestamp(&mut self, field: &str, value: Option<Value>, ctx: &ValidationContext<'_>) -> Option<DateTime<Utc>> {
-        let text = match value {
-            None | Some(Value::Null) => return Some(ctx.now),
-            Some(Value::String(text)) => text,
+    fn attributes(&mut self, field: &str, value: Option<Value>) -> Option<AttributePairs<'static>> {
+        let object = match value {
+            None | Some(Value::Null) => return Some(Vec::new()),
+            Some(Value::Object(object)) => object,
             Some(other) => {
-                self.push(field, Rule::WrongType, format!("must be an RFC 3339 string, got {}", json_type(&other)));
+                self.push(
+                    field,
+                    Rule::WrongType,
+                    format!("must be an object of string values, got {}", json_type(&other)),
+                );
                 return None;
             }
         };
-        let Ok(parsed) = DateTime::parse_from_rfc3339(&text) else {
+        let before = self.violations.len();
+        let mut pairs = Vec::with_capacity(object.len());
+        for (key, value) in object {
+            match value {
+                Value::String(s) => pairs.push((Cow::Owned(key), Cow::Owned(s))),
+                other => {
+                    self.push(
+                        format!("{field}.{key}"),
+                        Rule::WrongType,
+                        format!("must be a string, got {}", json_type(&other)),
+                    );
+                }
+            }
+        }
+        (self.violations.len() == before).then_some(pairs)
+    }
+}
+
+/// The event rules proper: formats, catalogue, ranges, the lateness window.
+struct Rules<'v> {
+    violations: &'v mut Vec<Violation>,
+}
+
+impl Rules<'_> {
+    fn push(&mut self, field: impl Into<String>, rule: Rule, message: impl Into<String>) {
+        self.violations.push(Violation::new(field, rule, message));
+    }
+
+    fn parsed<T>(&mut self, field: &str, result: Result<T, (Rule, String)>) -> Option<T> {
+        result.map_err(|(rule, message)| self.push(field, rule, message)).ok()
+    }
+
+    fn known_metric<'c>(
+        &mut self,
+        field: &str,
+        metric: MetricName,
+        catalogue: &'c MetricCatalogue,
+    ) -> Option<(MetricName, &'c crate::MetricDef)> {
+        match catalogue.get(&metric) {
+            Some(def) => Some((metric, def)),
+            None => {
+                let known = catalogue.names().join(", ");
+                self.push(
+                    field,
+                    Rule::UnknownMetric,
+                    format!("{metric:?} is not in the metric catalogue; known: {known}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn timestamp(&mut self, field: &str, text: &str, ctx: &ValidationContext<'_>) -> Option<DateTime<Utc>> {
+        let Ok(parsed) = DateTime::parse_from_rfc3339(text) else {
             self.push(field, Rule::Format, format!("{text:?} is not RFC 3339, e.g. \"2026-01-31T12:00:00Z\""));
             return None;
         };
@@ -346,7 +529,7 @@ impl Checker<'_> {
         }
     }
 
-    fn source(&mut self, field: &str, source: String) -> Option<String> {
+    fn source(&mut self, field: &str, source: Cow<'_, str>) -> Option<String> {
         if source.is_empty() || source.len() > MAX_SOURCE_LEN {
             self.push(field, Rule::Length, format!("must be 1 to {MAX_SOURCE_LEN} bytes, got {}", source.len()));
             None
@@ -354,59 +537,38 @@ impl Checker<'_> {
             self.push(field, Rule::Charset, "must not contain control characters");
             None
         } else {
-            Some(source)
+            Some(source.into_owned())
         }
     }
 
-    fn attributes(&mut self, field: &str, value: Option<Value>) -> Option<BTreeMap<String, String>> {
-        let object = match value {
-            None | Some(Value::Null) => return Some(BTreeMap::new()),
-            Some(Value::Object(object)) => object,
-            Some(other) => {
-                self.push(
-                    field,
-                    Rule::WrongType,
-                    format!("must be an object of string values, got {}", json_type(&other)),
-                );
-                return None;
-            }
-        };
-        if object.len() > MAX_ATTRIBUTES {
-            self.push(field, Rule::TooMany, format!("at most {MAX_ATTRIBUTES} attributes, got {}", object.len()));
+    fn attributes(&mut self, field: &str, pairs: AttributePairs<'_>) -> Option<BTreeMap<String, String>> {
+        if pairs.len() > MAX_ATTRIBUTES {
+            self.push(field, Rule::TooMany, format!("at most {MAX_ATTRIBUTES} attributes, got {}", pairs.len()));
             return None;
         }
         let before = self.violations.len();
         let mut attributes = BTreeMap::new();
-        for (key, value) in object {
-            let path = format!("{field}.{key}");
+        for (key, value) in pairs {
             let key_ok = !key.is_empty()
                 && key.len() <= MAX_ATTRIBUTE_KEY_LEN
                 && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            let path = || format!("{field}.{key}");
             if !key_ok {
                 self.push(
-                    &path,
+                    path(),
                     Rule::Charset,
                     format!("attribute names are 1 to {MAX_ATTRIBUTE_KEY_LEN} ASCII letters, digits, '_', '-' or '.'"),
                 );
-                continue;
-            }
-            match value {
-                Value::String(s) if s.len() > MAX_ATTRIBUTE_VALUE_LEN => {
-                    self.push(
-                        &path,
-                        Rule::Length,
-                        format!("must be at most {MAX_ATTRIBUTE_VALUE_LEN} bytes, got {}", s.len()),
-                    );
-                }
-                Value::String(s) if s.chars().any(char::is_control) => {
-                    self.push(&path, Rule::Charset, "must not contain control characters");
-                }
-                Value::String(s) => {
-                    attributes.insert(key, s);
-                }
-                other => {
-                    self.push(&path, Rule::WrongType, format!("must be a string, got {}", json_type(&other)));
-                }
+            } else if value.len() > MAX_ATTRIBUTE_VALUE_LEN {
+                self.push(
+                    path(),
+                    Rule::Length,
+                    format!("must be at most {MAX_ATTRIBUTE_VALUE_LEN} bytes, got {}", value.len()),
+                );
+            } else if value.chars().any(char::is_control) {
+                self.push(path(), Rule::Charset, "must not contain control characters");
+            } else {
+                attributes.insert(key.into_owned(), value.into_owned());
             }
         }
         (self.violations.len() == before).then_some(attributes)

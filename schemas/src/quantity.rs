@@ -75,6 +75,18 @@ impl Quantity {
     }
 }
 
+macro_rules! from_integer {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Quantity {
+            fn from(value: $t) -> Self {
+                Self(i128::from(value) * UNITS_PER_ONE)
+            }
+        }
+    )*};
+}
+
+from_integer!(i32, i64, u32, u64);
+
 impl FromStr for Quantity {
     type Err = QuantityError;
 

@@ -6,15 +6,14 @@ use crate::ids::TenantId;
 
 /// Header carrying the event id, so consumers can dedup without parsing the payload.
 pub const HEADER_EVENT_ID: &str = "tally-event-id";
-/// Header carrying the payload's schema version.
-pub const HEADER_SCHEMA: &str = "tally-schema";
 /// Header on a dead-lettered message: the machine-readable reason (`unknown_metric`, …).
 pub const HEADER_DLQ_REASON: &str = "tally-dlq-reason";
 /// Header on a dead-lettered message: the human-readable detail.
 pub const HEADER_DLQ_DETAIL: &str = "tally-dlq-detail";
 /// Header on a dead-lettered message: which Tally service refused it.
 pub const HEADER_DLQ_STAGE: &str = "tally-dlq-stage";
-/// The usage topic's payload: JSON of [`crate::UsageEvent`], version 1.
+/// The usage topic's payload: JSON of [`crate::UsageEvent`], version 1. A future version will be
+/// told apart by a header; version 1 carries none.
 pub const SCHEMA_VERSION: &str = "usage-event/1";
 
 /// Topic names and the shape to create them with (`[topics]` in config).

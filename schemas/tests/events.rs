@@ -244,6 +244,25 @@ proptest! {
     }
 
     #[test]
+    fn the_typed_fast_path_agrees_with_the_field_by_field_path(event in arb_event(), break_it in 0usize..8) {
+        let catalogue = catalogue();
+        let ctx = ValidationContext::new(&catalogue, now());
+        let mut value: Value = serde_json::from_slice(&event.to_json()).unwrap();
+        match break_it {
+            0 => value["value"] = json!(-1),
+            1 => value["metric"] = json!("nope"),
+            2 => value["extra"] = json!(1),
+            3 => value["timestamp"] = json!(12),
+            4 => value["id"] = json!(""),
+            _ => {}
+        }
+        let text = value.to_string();
+        let fast = UsageEvent::from_json_str(&text, &ctx);
+        let slow = UsageEvent::from_json_slice(text.as_bytes(), &ctx);
+        prop_assert_eq!(fast, slow);
+    }
+
+    #[test]
     fn valid_events_round_trip_through_cloudevents(event in arb_event()) {
         let catalogue = catalogue();
         let ctx = ValidationContext::new(&catalogue, now());

@@ -23,6 +23,8 @@ pub struct TestApp {
     pub admin_key: String,
     pub stopping: CancellationToken,
     pub running: JoinHandle<anyhow::Result<()>>,
+    /// The configuration the app runs with (port 0 as configured).
+    pub config: IngestConfig,
     http: reqwest::Client,
 }
 
@@ -71,10 +73,10 @@ impl TestApp {
         config.auth.cache_ttl_ms = 0;
         adjust(&mut config);
         let stopping = CancellationToken::new();
-        let ingest = Ingest::build(config, stopping.clone()).await.unwrap();
+        let ingest = Ingest::build(config.clone(), stopping.clone()).await.unwrap();
         let addr = ingest.local_addr();
         let running = tokio::spawn(ingest.run_until_stopped());
-        Self { addr, kafka, topics, pg, acme_key, admin_key, stopping, running, http: reqwest::Client::new() }
+        Self { addr, kafka, topics, pg, acme_key, admin_key, stopping, running, config, http: reqwest::Client::new() }
     }
 
     pub fn url(&self, path: &str) -> String {

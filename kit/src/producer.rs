@@ -1,6 +1,6 @@
-//! The Kafka side of ingest: an idempotent, `acks=all` producer. A message counts as published
-//! only when the broker acknowledged it; the queue in front of the broker is bounded and a full
-//! queue is reported to the caller, never dropped.
+//! An idempotent, `acks=all` producer, shared by ingest and the emitter client's direct mode. A
+//! message counts as published only when the broker acknowledged it; the queue in front of the
+//! broker is bounded and a full queue is reported to the caller, never dropped.
 
 use std::time::Duration;
 
@@ -8,8 +8,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use crate::config::ProducerConfig;
-use tally_kit::config::KafkaConfig;
+use tally_schemas::UsageEvent;
+use tally_schemas::topics::{self, HEADER_EVENT_ID};
+
+use crate::config::{KafkaConfig, ProducerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -53,7 +55,7 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     pub fn new(kafka: &KafkaConfig, config: &ProducerConfig) -> Result<Self, KafkaError> {
-        let producer = tally_kit::kafka::client_config(kafka)
+        let producer = crate::kafka::client_config(kafka)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", config.message_timeout_ms.to_string())
@@ -82,6 +84,14 @@ impl Publisher {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
             Err((error, _)) => Err(PublishError::NotAcknowledged(error)),
         }
+    }
+
+    /// Puts a usage event on `topic` in its wire form: JSON payload (see
+    /// [`tally_schemas::topics::SCHEMA_VERSION`]), tenant id as key, event id in a header.
+    pub fn enqueue_usage(&self, topic: &str, event: &UsageEvent) -> Result<Pending, PublishError> {
+        let payload = event.to_json();
+        let headers: [(&str, &[u8]); 1] = [(HEADER_EVENT_ID, event.id.as_str().as_bytes())];
+        self.enqueue(topic, topics::message_key(&event.tenant_id), &payload, &headers)
     }
 
     /// Messages not yet acknowledged by the broker.

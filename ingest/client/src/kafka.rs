@@ -1,0 +1,48 @@
+//! Direct mode: produce to the usage topic without going through ingest.
+//!
+//! The events are written in exactly the form ingest writes them (same key, payload and headers),
+//! by the same idempotent, `acks=all` producer. There is no API key check and no tenant registry
+//! check in this mode: it is for trusted services inside the platform; the aggregator still
+//! validates every message and dead-letters what it cannot count.
+
+use tally_kit::config::{KafkaConfig, ProducerConfig};
+use tally_kit::producer::{PublishError, Publisher};
+use tally_schemas::Topics;
+
+use crate::worker::Attempt;
+use crate::{EmitError, Queued};
+
+#[derive(Debug)]
+pub struct KafkaTransport {
+    publisher: Publisher,
+    topic: String,
+}
+
+impl KafkaTransport {
+    pub fn new(kafka: &KafkaConfig, topics: &Topics) -> Result<Self, EmitError> {
+        let publisher = Publisher::new(kafka, &ProducerConfig::default())
+            .map_err(|e| EmitError::Invalid(format!("kafka producer: {e}")))?;
+        Ok(Self { publisher, topic: topics.usage_events.clone() })
+    }
+
+    pub(crate) async fn send(&self, batch: &[Queued]) -> Attempt {
+        let mut pending = Vec::with_capacity(batch.len());
+        for queued in batch {
+            match self.publisher.enqueue_usage(&self.topic, &queued.event) {
+                Ok(delivery) => pending.push(delivery),
+                Err(error) => return Attempt::Retry { after: None, error: error.to_string() },
+            }
+        }
+        let mut failure: Option<PublishError> = None;
+        for delivery in pending {
+            if let Err(error) = delivery.acknowledged().await {
+                failure = Some(error);
+            }
+        }
+        // Resending the whole batch is safe: the aggregator counts each (tenant, id) once.
+        match failure {
+            None => Attempt::Done(vec![Ok(()); batch.len()]),
+            Some(error) => Attempt::Retry { after: None, error: error.to_string() },
+        }
+    }
+}
