@@ -1,7 +1,8 @@
 //! Sustained HTTP batch ingest vs a bare rdkafka producer, same broker, same process.
 //!
 //! Needs the local stack (`deploy/local/up.sh`). Run:
-//! `cargo bench -p tally-ingest --bench ingest_throughput [-- EVENTS BATCH CONCURRENCY ROUNDS]`.
+//! `cargo bench -p tally-ingest --bench ingest_throughput [-- EVENTS BATCH CONCURRENCY ROUNDS]`
+//! (defaults 200000 1000 8 5).
 //! The baseline produces the same keyed JSON payloads with the same producer settings ingest
 //! uses (idempotent, acks=all, linger, compression) and waits for every acknowledgement; ingest is
 //! driven over loopback HTTP with batches from concurrent clients and counts only 202-acknowledged
@@ -152,16 +153,17 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// (min, median, max)
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    (values[0], values[values.len() / 2], values[values.len() - 1])
 }
 
 fn main() {
     let events = arg(0, 200_000);
     let batch = arg(1, 1_000);
-    let concurrency = arg(2, 4);
-    let rounds = arg(3, 3);
+    let concurrency = arg(2, 8);
+    let rounds = arg(3, 5);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let kafka = tally_testkit::kafka_config();
@@ -209,13 +211,14 @@ fn main() {
                 http[round - 1]
             );
         }
-        let (bare, http) = (median(bare), median(http));
+        let ratios: Vec<f64> = http.iter().zip(&bare).map(|(h, b)| h / b).collect();
+        let (bare, http, ratio) = (spread(bare), spread(http), spread(ratios));
         println!(
-            "events per round {events}, batch {batch}, {concurrency} concurrent clients, {rounds} rounds (medians)"
+            "events per round {events}, batch {batch}, {concurrency} clients, {rounds} rounds (min / median / max)"
         );
-        println!("bare rdkafka producer: {bare:.0} events/s");
-        println!("HTTP batch ingest:     {http:.0} events/s");
-        println!("ratio ingest / bare:   {:.2} (goal >= 0.80)", http / bare);
+        println!("bare rdkafka producer: {:.0} / {:.0} / {:.0} events/s", bare.0, bare.1, bare.2);
+        println!("HTTP batch ingest:     {:.0} / {:.0} / {:.0} events/s", http.0, http.1, http.2);
+        println!("ratio ingest / bare per round: {:.2} / {:.2} / {:.2} (goal >= 0.80)", ratio.0, ratio.1, ratio.2);
         println!("peak RSS (bench process: ingest + load + baseline): {:.0} MiB", peak_rss_mib());
         stopping.cancel();
         running.await.unwrap().unwrap();
