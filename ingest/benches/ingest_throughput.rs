@@ -2,7 +2,7 @@
 //!
 //! Needs the local stack (`deploy/local/up.sh`). Run:
 //! `cargo bench -p tally-ingest --bench ingest_throughput [-- EVENTS BATCH CONCURRENCY ROUNDS]`
-//! (defaults 200000 1000 8 5).
+//! (defaults 200000 1000 8 5). `TALLY_BENCH_SIDE=http` runs only the ingest side, for profiling.
 //! The baseline produces the same keyed JSON payloads with the same producer settings ingest
 //! uses (idempotent, acks=all, linger, compression) and waits for every acknowledgement; ingest is
 //! driven over loopback HTTP with batches from concurrent clients and counts only 202-acknowledged
@@ -43,16 +43,9 @@ fn event(round: usize, i: usize) -> Value {
     })
 }
 
+/// A bare rdkafka producer with exactly the settings ingest's producer uses.
 fn producer(kafka: &KafkaConfig, config: &ProducerConfig) -> FutureProducer {
-    tally_kit::kafka::client_config(kafka)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", config.message_timeout_ms.to_string())
-        .set("queue.buffering.max.messages", config.max_queue_messages.to_string())
-        .set("linger.ms", config.linger_ms.to_string())
-        .set("compression.type", &config.compression)
-        .create()
-        .expect("producer")
+    tally_kit::producer::producer_config(kafka, config).create().expect("producer")
 }
 
 /// The baseline: the payloads ingest would write, straight to the broker.
@@ -202,8 +195,14 @@ fn main() {
         http_ingest(&url, &key, 0, 5_000, batch, concurrency).await;
 
         let (mut bare, mut http) = (Vec::new(), Vec::new());
+        // TALLY_BENCH_SIDE=http runs only the ingest side (for profiling it alone).
+        let http_only = std::env::var("TALLY_BENCH_SIDE").is_ok_and(|side| side == "http");
         for round in 1..=rounds {
-            bare.push(bare_producer(&bare_client, &baseline_topic, round, events).await);
+            bare.push(if http_only {
+                f64::NAN
+            } else {
+                bare_producer(&bare_client, &baseline_topic, round, events).await
+            });
             http.push(http_ingest(&url, &key, round, events, batch, concurrency).await);
             println!(
                 "round {round}: bare producer {:>9.0} events/s, HTTP ingest {:>9.0} events/s",

@@ -53,17 +53,22 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
+/// The librdkafka settings of Tally's producer: idempotent, `acks=all`, bounded queue.
+pub fn producer_config(kafka: &KafkaConfig, config: &ProducerConfig) -> rdkafka::ClientConfig {
+    let mut client = crate::kafka::client_config(kafka);
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .set("queue.buffering.max.messages", config.max_queue_messages.to_string())
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("compression.type", &config.compression);
+    client
+}
+
 impl Publisher {
     pub fn new(kafka: &KafkaConfig, config: &ProducerConfig) -> Result<Self, KafkaError> {
-        let producer = crate::kafka::client_config(kafka)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", config.message_timeout_ms.to_string())
-            .set("queue.buffering.max.messages", config.max_queue_messages.to_string())
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("compression.type", &config.compression)
-            .create()?;
-        Ok(Self { producer })
+        Ok(Self { producer: producer_config(kafka, config).create()? })
     }
 
     /// Puts one message on the queue; `headers` are (name, value) pairs.
