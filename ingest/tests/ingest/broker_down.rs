@@ -1,5 +1,6 @@
 //! A broker stopped mid-load: requests fail with 503 (or 429), never a 202 for an event the broker
-//! does not have; after the broker returns, ingest recovers by itself.
+//! does not have; after the broker returns, ingest recovers by itself. And a shutdown under load
+//! loses no acknowledged event.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -84,4 +85,49 @@ async fn a_broker_stopped_mid_load_yields_503s_and_never_a_202_for_an_unpublishe
     let missing: Vec<&String> = acknowledged.difference(&on_topic).collect();
     assert!(missing.is_empty(), "{} acknowledged events are not on the topic: {missing:?}", missing.len());
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_loses_no_acknowledged_event() {
+    let app = TestApp::spawn().await;
+    let url = app.url("/v1/events");
+    let mut loops = Vec::new();
+    for client in 0..4 {
+        let (url, key) = (url.clone(), app.admin_key.clone());
+        loops.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut acknowledged = Vec::new();
+            for request in 0.. {
+                let (ids, body) = batch(client * 1_000_000 + request);
+                let Ok(response) = http.post(&url).bearer_auth(&key).json(&body).send().await else { break };
+                match response.status() {
+                    StatusCode::ACCEPTED => acknowledged.extend(ids),
+                    StatusCode::SERVICE_UNAVAILABLE => break,
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    app.stopping.cancel();
+    let mut acknowledged = BTreeSet::new();
+    for handle in loops {
+        acknowledged.extend(handle.await.unwrap());
+    }
+    assert!(acknowledged.len() >= 100, "load ran before the shutdown");
+    let running = app.running;
+    tokio::time::timeout(Duration::from_secs(30), running).await.unwrap().unwrap().unwrap();
+
+    let catalogue = MetricCatalogue::default();
+    let ctx = ValidationContext::new(&catalogue, chrono::Utc::now());
+    let on_topic: BTreeSet<String> =
+        read_topic(&app.kafka, &app.topics.usage_events, acknowledged.len(), Duration::from_secs(20))
+            .await
+            .iter()
+            .map(|m| UsageEvent::from_json_slice(&m.payload, &ctx).unwrap().id.to_string())
+            .collect();
+    let missing: Vec<&String> = acknowledged.difference(&on_topic).collect();
+    assert!(missing.is_empty(), "{} acknowledged events lost in shutdown: {missing:?}", missing.len());
+    app.pg.drop_database().await;
 }
