@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tally_ingest::config::ProducerConfig;
-use tally_schemas::{MetricCatalogue, UsageEvent, ValidationContext};
 use tally_testkit::{TestBroker, read_topic};
 
-use crate::helpers::{TestApp, event};
+use crate::helpers::{TestApp, event, event_ids};
 
 fn batch(request: usize) -> (Vec<String>, Value) {
     let ids: Vec<String> = (0..20).map(|i| format!("r{request}-e{i}")).collect();
@@ -74,14 +73,8 @@ async fn a_broker_stopped_mid_load_yields_503s_and_never_a_202_for_an_unpublishe
     }
     assert!(recovered, "ingest accepts again once the broker is back");
 
-    let catalogue = MetricCatalogue::default();
-    let ctx = ValidationContext::new(&catalogue, chrono::Utc::now());
-    let on_topic: BTreeSet<String> =
-        read_topic(&broker.kafka_config(), &app.topics.usage_events, 0, Duration::from_secs(10))
-            .await
-            .iter()
-            .map(|m| UsageEvent::from_json_slice(&m.payload, &ctx).unwrap().id.to_string())
-            .collect();
+    let messages = read_topic(&broker.kafka_config(), &app.topics.usage_events, 0, Duration::from_secs(10)).await;
+    let on_topic: BTreeSet<String> = event_ids(&messages).into_iter().collect();
     let missing: Vec<&String> = acknowledged.difference(&on_topic).collect();
     assert!(missing.is_empty(), "{} acknowledged events are not on the topic: {missing:?}", missing.len());
     app.stop().await;
@@ -119,14 +112,8 @@ async fn shutdown_under_load_loses_no_acknowledged_event() {
     let running = app.running;
     tokio::time::timeout(Duration::from_secs(30), running).await.unwrap().unwrap().unwrap();
 
-    let catalogue = MetricCatalogue::default();
-    let ctx = ValidationContext::new(&catalogue, chrono::Utc::now());
-    let on_topic: BTreeSet<String> =
-        read_topic(&app.kafka, &app.topics.usage_events, acknowledged.len(), Duration::from_secs(20))
-            .await
-            .iter()
-            .map(|m| UsageEvent::from_json_slice(&m.payload, &ctx).unwrap().id.to_string())
-            .collect();
+    let messages = read_topic(&app.kafka, &app.topics.usage_events, acknowledged.len(), Duration::from_secs(20)).await;
+    let on_topic: BTreeSet<String> = event_ids(&messages).into_iter().collect();
     let missing: Vec<&String> = acknowledged.difference(&on_topic).collect();
     assert!(missing.is_empty(), "{} acknowledged events lost in shutdown: {missing:?}", missing.len());
     app.pg.drop_database().await;

@@ -3,18 +3,8 @@
 use std::time::Duration;
 
 use tally_client::{ClientConfig, EmitError, Emitter, event};
-use tally_schemas::{MetricCatalogue, UsageEvent, ValidationContext};
 
-use crate::helpers::TestApp;
-
-fn ids_on(messages: &[tally_testkit::Message]) -> Vec<String> {
-    let catalogue = MetricCatalogue::default();
-    let ctx = ValidationContext::new(&catalogue, chrono::Utc::now());
-    let mut ids: Vec<String> =
-        messages.iter().map(|m| UsageEvent::from_json_slice(&m.payload, &ctx).unwrap().id.to_string()).collect();
-    ids.sort();
-    ids
-}
+use crate::helpers::{TestApp, event_ids};
 
 #[tokio::test]
 async fn emitted_events_are_batched_acknowledged_and_refusals_reported() {
@@ -40,7 +30,7 @@ async fn emitted_events_are_batched_acknowledged_and_refusals_reported() {
     assert!(matches!(foreign.acknowledged().await, Err(EmitError::Refused { status: 403, .. })));
     emitter.close().await;
     let expected: Vec<String> = (0..20).map(|i| format!("c-{i:02}")).collect();
-    assert_eq!(ids_on(&app.usage(20).await), expected);
+    assert_eq!(event_ids(&app.usage(20).await), expected);
     app.stop().await;
 }
 
@@ -63,7 +53,7 @@ async fn an_unreachable_ingest_is_retried_with_the_same_ids_until_it_answers() {
     let running = tokio::spawn(ingest.run_until_stopped());
     tokio::time::timeout(Duration::from_secs(20), delivery.acknowledged()).await.unwrap().unwrap();
     emitter.close().await;
-    assert_eq!(ids_on(&app.usage(1).await), ["retry-1"]);
+    assert_eq!(event_ids(&app.usage(1).await), ["retry-1"]);
     stopping.cancel();
     running.await.unwrap().unwrap();
 
@@ -108,7 +98,7 @@ async fn direct_mode_writes_what_ingest_writes() {
     delivery.acknowledged().await.unwrap();
     emitter.close().await;
     let messages = app.usage(1).await;
-    assert_eq!(ids_on(&messages), ["direct-1"]);
+    assert_eq!(event_ids(&messages), ["direct-1"]);
     assert_eq!(messages[0].key.as_deref(), Some("acme"));
     assert_eq!(messages[0].headers["tally-event-id"], "direct-1");
     app.stop().await;

@@ -133,3 +133,15 @@ pub fn event(id: &str, tenant: &str) -> Value {
         "source": "test",
     })
 }
+
+/// The event ids of usage messages, sorted.
+pub fn event_ids(messages: &[Message]) -> Vec<String> {
+    let catalogue = tally_schemas::MetricCatalogue::default();
+    let ctx = tally_schemas::ValidationContext::new(&catalogue, chrono::Utc::now());
+    let mut ids: Vec<String> = messages
+        .iter()
+        .map(|m| tally_schemas::UsageEvent::from_json_slice(&m.payload, &ctx).unwrap().id.to_string())
+        .collect();
+    ids.sort();
+    ids
+}
