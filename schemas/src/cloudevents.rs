@@ -15,7 +15,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::event::{FieldNames, RawFields, UsageEvent, ValidationContext, json_type, validate};
+use crate::event::{FieldNames, RawFields, UsageEvent, ValidationContext, json_type};
+use crate::rules::validate;
 use crate::violation::{EventError, Rule, Violation};
 
 /// Content type of one structured-mode event.

@@ -13,6 +13,7 @@ pub mod ddl;
 pub mod event;
 pub mod ids;
 pub mod quantity;
+mod rules;
 pub mod tiers;
 pub mod topics;
 pub mod violation;
