@@ -59,3 +59,9 @@ impl Default for AuthConfig {
         Self { cache_ttl_ms: 5_000 }
     }
 }
+
+impl tally_kit::service::ServiceConfig for IngestConfig {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}

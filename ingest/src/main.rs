@@ -20,25 +20,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config: IngestConfig = match tally_kit::config::load_from_process(cli.config.as_deref()) {
-        Ok(config) => config,
-        Err(error) => {
-            // Logging is set up from the very config that failed to load.
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("tally-ingest: {error}");
-            }
-            return ExitCode::from(2);
-        }
-    };
-    tally_kit::telemetry::init(&config.telemetry);
-    let stopping = tally_kit::shutdown::on_signal();
-    let outcome = async { Ingest::build(config, stopping).await?.run_until_stopped().await }.await;
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "tally-ingest failed");
-            ExitCode::FAILURE
-        }
-    }
+    tally_kit::service::run("tally-ingest", cli.config.as_deref(), |config: IngestConfig, stopping| async move {
+        Ingest::build(config, stopping).await?.run_until_stopped().await
+    })
+    .await
 }

@@ -7,6 +7,7 @@
 //! * [`ops`]: the operations endpoints `/livez`, `/readyz` and `/metrics`;
 //! * [`kafka`], [`clickhouse`], [`postgres`]: clients, health checks and schema setup;
 //! * [`producer`]: the idempotent, acknowledged Kafka producer;
+//! * [`service`]: the shared body of every binary's `main`;
 //! * [`tenants`]: the platform's tenant registry behind a short-lived cache ([`cache`]).
 
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod kafka;
 pub mod ops;
 pub mod postgres;
 pub mod producer;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;

@@ -2,6 +2,7 @@
 //! message counts as published only when the broker acknowledged it; the queue in front of the
 //! broker is bounded and a full queue is reported to the caller, never dropped.
 
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -42,9 +43,13 @@ impl Pending {
     }
 }
 
+/// A shared producer. After a fatal idempotence error (the broker lost the producer's sequence
+/// state, e.g. across a restart) librdkafka refuses every further send; the publisher then
+/// replaces its producer, so one broker incident does not refuse sends for ever.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<RwLock<FutureProducer>>,
+    config: Arc<rdkafka::ClientConfig>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -68,7 +73,23 @@ pub fn producer_config(kafka: &KafkaConfig, config: &ProducerConfig) -> rdkafka:
 
 impl Publisher {
     pub fn new(kafka: &KafkaConfig, config: &ProducerConfig) -> Result<Self, KafkaError> {
-        Ok(Self { producer: producer_config(kafka, config).create()? })
+        let config = producer_config(kafka, config);
+        Ok(Self { producer: Arc::new(RwLock::new(config.create()?)), config: Arc::new(config) })
+    }
+
+    fn current(&self) -> FutureProducer {
+        self.producer.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Replaces `failed` with a new producer if it is still the current one.
+    fn replace(&self, failed: &FutureProducer) -> Result<(), KafkaError> {
+        let mut current = self.producer.write().unwrap_or_else(PoisonError::into_inner);
+        if std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            let reason = failed.client().fatal_error().map(|(_, reason)| reason).unwrap_or_default();
+            tracing::warn!(reason, "the Kafka producer hit a fatal error; replacing it");
+            *current = self.config.create()?;
+        }
+        Ok(())
     }
 
     /// Puts one message on the queue; `headers` are (name, value) pairs.
@@ -83,8 +104,22 @@ impl Publisher {
         for (name, value) in headers {
             owned = owned.insert(Header { key: name, value: Some(*value) });
         }
-        let record = FutureRecord::to(topic).key(key).payload(payload).headers(owned);
-        match self.producer.send_result(record) {
+        let producer = self.current();
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(owned.clone());
+        let record = match producer.send_result(record) {
+            Ok(delivery) => return Ok(Pending(delivery)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                return Err(PublishError::QueueFull);
+            }
+            Err((error, _)) if producer.client().fatal_error().is_none() => {
+                return Err(PublishError::NotAcknowledged(error));
+            }
+            Err(_fatal) => {
+                self.replace(&producer).map_err(PublishError::NotAcknowledged)?;
+                FutureRecord::to(topic).key(key).payload(payload).headers(owned)
+            }
+        };
+        match self.current().send_result(record) {
             Ok(delivery) => Ok(Pending(delivery)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
             Err((error, _)) => Err(PublishError::NotAcknowledged(error)),
@@ -101,12 +136,12 @@ impl Publisher {
 
     /// Messages not yet acknowledged by the broker.
     pub fn queue_depth(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.current().in_flight_count()
     }
 
     /// Asks the broker for metadata: `/readyz`'s broker check.
     pub async fn ping(&self, timeout: Duration) -> Result<(), String> {
-        let producer = self.producer.clone();
+        let producer = self.current();
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).map(drop))
             .await
             .map_err(|e| e.to_string())?
@@ -115,7 +150,7 @@ impl Publisher {
 
     /// Waits for every queued message to be acknowledged (shutdown).
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let producer = self.producer.clone();
+        let producer = self.current();
         tokio::task::spawn_blocking(move || producer.flush(timeout)).await.map_err(|_| KafkaError::Canceled)?
     }
 }

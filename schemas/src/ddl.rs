@@ -44,11 +44,10 @@ impl ClickHouseMigration {
     }
 }
 
-pub const CLICKHOUSE_MIGRATIONS: &[ClickHouseMigration] = &[ClickHouseMigration {
-    version: 1,
-    name: "usage_events",
-    sql: include_str!("../clickhouse/0001_usage_events.sql"),
-}];
+pub const CLICKHOUSE_MIGRATIONS: &[ClickHouseMigration] = &[
+    ClickHouseMigration { version: 1, name: "usage_events", sql: include_str!("../clickhouse/0001_usage_events.sql") },
+    ClickHouseMigration { version: 2, name: "aggregator", sql: include_str!("../clickhouse/0002_aggregator.sql") },
+];
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,9 @@ pub const HEADER_DLQ_REASON: &str = "tally-dlq-reason";
 pub const HEADER_DLQ_DETAIL: &str = "tally-dlq-detail";
 /// Header on a dead-lettered message: which Tally service refused it.
 pub const HEADER_DLQ_STAGE: &str = "tally-dlq-stage";
+/// Header on a dead-lettered message the aggregator refused: `topic/partition/offset` it came from
+/// (a replayed batch dead-letters again; equal sources are the same message).
+pub const HEADER_DLQ_SOURCE: &str = "tally-dlq-source";
 /// The usage topic's payload: JSON of [`crate::UsageEvent`], version 1. A future version will be
 /// told apart by a header; version 1 carries none.
 pub const SCHEMA_VERSION: &str = "usage-event/1";

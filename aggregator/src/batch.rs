@@ -1,0 +1,213 @@
+//! A batch: one partition's messages over a planned offset range, turned into the rows to store.
+//!
+//! Everything here is a pure function of the plan (offsets and decision time), the messages and
+//! the ids already counted before the batch, so a replay after a crash builds the very same rows.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+use tally_schemas::{MetricCatalogue, UsageEvent, ValidationContext};
+
+use crate::rollup::{RollupRow, rollup};
+
+/// An event older than this, relative to its batch's decision time, counts as late in metrics.
+pub const LATE_AFTER: TimeDelta = TimeDelta::minutes(5);
+
+/// A message as consumed, owned.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub offset: u64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Which offsets of which partition a batch covers, and the instant its events were judged at.
+/// The first plan stored for (topic, partition, first offset) is the only one ever used.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct Plan {
+    pub topic: String,
+    pub kafka_partition: u32,
+    pub first_offset: u64,
+    pub last_offset: u64,
+    /// Milliseconds since the epoch (`DateTime64(3)`).
+    pub decided_at: i64,
+    pub planned_by: String,
+}
+
+impl Plan {
+    /// The insert deduplication token of every table the batch writes.
+    pub fn token(&self) -> String {
+        format!("{}/{}/{}-{}", self.topic, self.kafka_partition, self.first_offset, self.last_offset)
+    }
+
+    /// The token of the plan itself: one per (topic, partition, first offset), so the first plan wins.
+    pub fn plan_token(&self) -> String {
+        format!("plan/{}/{}/{}", self.topic, self.kafka_partition, self.first_offset)
+    }
+
+    pub fn decided_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.decided_at).unwrap_or_default()
+    }
+
+    pub fn covers(&self, offset: u64) -> bool {
+        (self.first_offset..=self.last_offset).contains(&offset)
+    }
+
+    /// Where the partition resumes once this batch is stored.
+    pub fn next_offset(&self) -> u64 {
+        self.last_offset + 1
+    }
+}
+
+/// A message the aggregator will not count, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub offset: u64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// The batch's messages read and checked, before cross-batch dedup.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Valid events, first occurrence of each (tenant, id) in the batch, in offset order.
+    pub events: Vec<(u64, UsageEvent)>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Repeats of an event already earlier in this batch.
+    pub duplicates_in_batch: u64,
+}
+
+/// Reads and checks the plan's messages (those outside its range are ignored).
+pub fn decode(plan: &Plan, messages: &[Message], catalogue: &MetricCatalogue) -> Decoded {
+    let ctx = ValidationContext::new(catalogue, plan.decided_at());
+    let mut decoded = Decoded::default();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for message in messages.iter().filter(|m| plan.covers(m.offset)) {
+        let key = message.key.clone().unwrap_or_default();
+        let payload = message.payload.as_deref().unwrap_or_default();
+        let refuse = |reason: &'static str, detail: String| DeadLetter {
+            offset: message.offset,
+            key: key.clone(),
+            payload: payload.to_vec(),
+            reason,
+            detail,
+        };
+        let event = match std::str::from_utf8(payload) {
+            Err(error) => Err(refuse("malformed", format!("payload is not UTF-8 JSON: {error}"))),
+            Ok(text) => {
+                UsageEvent::from_json_str(text, &ctx).map_err(|error| refuse(error.reason_code(), error.to_string()))
+            }
+        };
+        let event = event.and_then(|event| {
+            if key == event.tenant_id.as_str().as_bytes() {
+                Ok(event)
+            } else {
+                Err(refuse(
+                    "key_mismatch",
+                    format!(
+                        "message key {:?} is not the event's tenant {:?}: usage events must be keyed by tenant id",
+                        String::from_utf8_lossy(&key),
+                        event.tenant_id.as_str()
+                    ),
+                ))
+            }
+        });
+        match event {
+            Ok(event) => {
+                if seen.insert((event.tenant_id.as_str().to_owned(), event.id.as_str().to_owned())) {
+                    decoded.events.push((message.offset, event));
+                } else {
+                    decoded.duplicates_in_batch += 1;
+                }
+            }
+            Err(dead_letter) => decoded.dead_letters.push(dead_letter),
+        }
+    }
+    decoded
+}
+
+/// One row of `usage_events`.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct EventRow {
+    pub tenant_id: String,
+    pub event_id: String,
+    pub metric: String,
+    pub value: i128,
+    pub timestamp: i64,
+    pub source: String,
+    pub attributes: Vec<(String, String)>,
+    pub ingested_at: i64,
+    pub kafka_partition: u32,
+    pub kafka_offset: u64,
+}
+
+/// One row of `usage_event_ids`.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct IdRow {
+    pub tenant_id: String,
+    pub event_id: String,
+    pub received_at: u32,
+    pub kafka_partition: u32,
+    pub kafka_offset: u64,
+}
+
+/// Everything a batch stores.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub events: Vec<EventRow>,
+    pub ids: Vec<IdRow>,
+    pub rollups: Vec<RollupRow>,
+    /// Events counted before this batch (client retries).
+    pub duplicates_before: u64,
+    /// Counted events older than [`LATE_AFTER`] at decision time.
+    pub late: u64,
+}
+
+/// The rows of a decoded batch, leaving out the (tenant, id) pairs `counted_before` holds.
+pub fn assemble(
+    plan: &Plan,
+    decoded: &Decoded,
+    counted_before: &HashSet<(String, String)>,
+    catalogue: &MetricCatalogue,
+) -> Rows {
+    let decided_at = plan.decided_at();
+    let received_at = u32::try_from(decided_at.timestamp()).unwrap_or(0);
+    let mut rows = Rows::default();
+    let mut counted: Vec<&UsageEvent> = Vec::with_capacity(decoded.events.len());
+    for (offset, event) in &decoded.events {
+        let pair = (event.tenant_id.as_str().to_owned(), event.id.as_str().to_owned());
+        if counted_before.contains(&pair) {
+            rows.duplicates_before += 1;
+            continue;
+        }
+        if decided_at - event.timestamp > LATE_AFTER {
+            rows.late += 1;
+        }
+        rows.ids.push(IdRow {
+            tenant_id: pair.0,
+            event_id: pair.1,
+            received_at,
+            kafka_partition: plan.kafka_partition,
+            kafka_offset: *offset,
+        });
+        rows.events.push(EventRow {
+            tenant_id: event.tenant_id.as_str().to_owned(),
+            event_id: event.id.as_str().to_owned(),
+            metric: event.metric.as_str().to_owned(),
+            value: event.value.units(),
+            timestamp: event.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX),
+            source: event.source.clone(),
+            attributes: event.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            ingested_at: plan.decided_at,
+            kafka_partition: plan.kafka_partition,
+            kafka_offset: *offset,
+        });
+        counted.push(event);
+    }
+    rows.rollups = rollup(counted, catalogue);
+    rows
+}

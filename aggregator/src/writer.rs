@@ -1,0 +1,208 @@
+//! Stores one batch exactly once: settle its plan, read and check its messages, leave out what
+//! was counted before, write rows under the batch's token, dead-letter the refused, checkpoint.
+//! Every step is idempotent, so any failure is answered by running the whole procedure again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tally_kit::producer::Publisher;
+use tally_schemas::MetricCatalogue;
+use tally_schemas::topics::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_DLQ_STAGE};
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{self, DeadLetter, Message, Plan};
+use crate::metrics::AggregatorMetrics;
+use crate::store::{Position, Store};
+
+/// How a batch ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stored and checkpointed; the partition resumes at `plan.next_offset()`.
+    Stored(Plan),
+    /// A plan for this first offset already existed with other bounds (a replay, or another
+    /// writer): nothing was written; the batch must be run again with that plan.
+    Replan(Plan),
+    /// The partition had already moved past this batch (another writer stored it).
+    AlreadyStored,
+    /// Shutdown or revocation came first; nothing of this attempt needs undoing.
+    Abandoned,
+}
+
+/// Backoff between attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+#[derive(Debug)]
+pub struct BatchWriter {
+    pub store: Store,
+    pub publisher: Publisher,
+    pub dead_letter_topic: String,
+    pub catalogue: Arc<MetricCatalogue>,
+    pub metrics: AggregatorMetrics,
+    pub instance_id: String,
+    pub retry: Retry,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StoreError {
+    #[error("clickhouse ({stage}): {source}")]
+    ClickHouse { stage: &'static str, source: clickhouse::error::Error },
+    #[error("dead-letter topic: {0}")]
+    DeadLetter(String),
+}
+
+impl StoreError {
+    fn stage(&self) -> &'static str {
+        match self {
+            StoreError::ClickHouse { stage, .. } => stage,
+            StoreError::DeadLetter(_) => "dead_letter",
+        }
+    }
+}
+
+fn at(stage: &'static str) -> impl FnOnce(clickhouse::error::Error) -> StoreError {
+    move |source| StoreError::ClickHouse { stage, source }
+}
+
+impl BatchWriter {
+    /// Stores the batch of `topic`/`partition` starting at `first_offset`: with `known` when a plan
+    /// exists (then `messages` must reach its last offset), else planned over all of `messages`.
+    /// Retries until it succeeds or `abandon` is cancelled.
+    pub async fn store(
+        &self,
+        topic: &str,
+        partition: u32,
+        first_offset: u64,
+        messages: &[Message],
+        known: Option<Plan>,
+        abandon: &CancellationToken,
+    ) -> Outcome {
+        // Proposed once: every retry proposes the same plan, so the first stored copy matches it.
+        let proposal = match (&known, messages.last()) {
+            (Some(_), _) => None,
+            (None, None) => return Outcome::Abandoned,
+            (None, Some(last)) => Some(Plan {
+                topic: topic.to_owned(),
+                kafka_partition: partition,
+                first_offset,
+                last_offset: last.offset,
+                decided_at: chrono::Utc::now().timestamp_millis(),
+                planned_by: self.instance_id.clone(),
+            }),
+        };
+        let mut wait = self.retry.initial;
+        loop {
+            let started = Instant::now();
+            match self.attempt(messages, known.as_ref(), proposal.as_ref()).await {
+                Ok(outcome) => {
+                    self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
+                    return outcome;
+                }
+                Err(error) => {
+                    self.metrics.store_failures.with_label_values(&[error.stage()]).inc();
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        first_offset,
+                        error = %error,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "storing a batch failed; retrying (consumption of this partition waits)"
+                    );
+                }
+            }
+            tokio::select! {
+                () = abandon.cancelled() => return Outcome::Abandoned,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(self.retry.max);
+        }
+    }
+
+    /// The partition's stored position, retried with backoff until ClickHouse answers; `None`
+    /// when `abandon` is cancelled first.
+    pub async fn position(&self, topic: &str, partition: u32, abandon: &CancellationToken) -> Option<Position> {
+        let mut wait = self.retry.initial;
+        loop {
+            match self.store.position(topic, partition).await {
+                Ok(position) => return Some(position),
+                Err(error) => {
+                    self.metrics.store_failures.with_label_values(&["position"]).inc();
+                    tracing::warn!(topic, partition, error = %error, "reading the partition's checkpoint failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = abandon.cancelled() => return None,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(self.retry.max);
+        }
+    }
+
+    async fn attempt(
+        &self,
+        messages: &[Message],
+        known: Option<&Plan>,
+        proposal: Option<&Plan>,
+    ) -> Result<Outcome, StoreError> {
+        let plan = match (known, proposal) {
+            (Some(plan), _) => {
+                if self.store.already_stored(plan).await.map_err(at("position"))? {
+                    return Ok(Outcome::AlreadyStored);
+                }
+                plan.clone()
+            }
+            (None, Some(proposal)) => {
+                let settled = self.store.settle_plan(proposal).await.map_err(at("plan"))?;
+                if &settled != proposal {
+                    return Ok(Outcome::Replan(settled));
+                }
+                settled
+            }
+            (None, None) => return Ok(Outcome::Abandoned),
+        };
+        let decoded = batch::decode(&plan, messages, &self.catalogue);
+        let pairs: Vec<(&str, &str)> =
+            decoded.events.iter().map(|(_, event)| (event.tenant_id.as_str(), event.id.as_str())).collect();
+        let counted_before = self.store.counted_before(&plan, &pairs).await.map_err(at("dedup_lookup"))?;
+        let rows = batch::assemble(&plan, &decoded, &counted_before, &self.catalogue);
+        self.store.store_rows(&plan, &rows).await.map_err(at("insert"))?;
+        self.dead_letter(&plan, &decoded.dead_letters).await?;
+        self.store.checkpoint(&plan).await.map_err(at("checkpoint"))?;
+
+        let metrics = &self.metrics;
+        metrics.counted.inc_by(rows.events.len() as u64);
+        metrics.duplicates.with_label_values(&["in_batch"]).inc_by(decoded.duplicates_in_batch);
+        metrics.duplicates.with_label_values(&["earlier"]).inc_by(rows.duplicates_before);
+        metrics.late.inc_by(rows.late);
+        metrics.batch_messages.observe(messages.iter().filter(|m| plan.covers(m.offset)).count() as f64);
+        for dead_letter in &decoded.dead_letters {
+            metrics.dead_lettered.with_label_values(&[dead_letter.reason]).inc();
+        }
+        Ok(Outcome::Stored(plan))
+    }
+
+    /// Publishes the refused messages with their reason; waits for the broker's acknowledgement
+    /// (a replay publishes them again: the source header tells copies apart).
+    async fn dead_letter(&self, plan: &Plan, dead_letters: &[DeadLetter]) -> Result<(), StoreError> {
+        let mut pending = Vec::with_capacity(dead_letters.len());
+        for dead_letter in dead_letters {
+            let source = format!("{}/{}/{}", plan.topic, plan.kafka_partition, dead_letter.offset);
+            let headers: [(&str, &[u8]); 4] = [
+                (HEADER_DLQ_REASON, dead_letter.reason.as_bytes()),
+                (HEADER_DLQ_DETAIL, dead_letter.detail.as_bytes()),
+                (HEADER_DLQ_STAGE, b"aggregator"),
+                (HEADER_DLQ_SOURCE, source.as_bytes()),
+            ];
+            let enqueued =
+                self.publisher.enqueue(&self.dead_letter_topic, &dead_letter.key, &dead_letter.payload, &headers);
+            pending.push(enqueued.map_err(|e| StoreError::DeadLetter(e.to_string()))?);
+        }
+        for acknowledgement in pending {
+            acknowledgement.acknowledged().await.map_err(|e| StoreError::DeadLetter(e.to_string()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! Aggregator integration tests against the local stack's broker and ClickHouse.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod chaos;
+mod exactly_once;
+mod helpers;
+mod oracle;

@@ -1,0 +1,50 @@
+//! The body every service binary's `main` shares: load the layered config, start logging, turn
+//! SIGINT/SIGTERM into a cancellation token, run, and map the outcome to an exit code.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TelemetryConfig;
+
+/// A service's configuration names its logging section.
+pub trait ServiceConfig: DeserializeOwned {
+    fn telemetry(&self) -> &TelemetryConfig;
+}
+
+/// Exit code for a configuration that does not load (the process could not start).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Loads `C` from `config_file` and the environment, then runs `service` until it returns.
+pub async fn run<C, F, Fut, E>(name: &str, config_file: Option<&Path>, service: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let config: C = match crate::config::load_from_process(config_file) {
+        Ok(config) => config,
+        Err(error) => {
+            // Logging is set up from the very config that failed to load.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{name}: {error}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(config.telemetry());
+    let stopping = crate::shutdown::on_signal();
+    match service(config, stopping).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "{name} failed");
+            ExitCode::FAILURE
+        }
+    }
+}
