@@ -211,3 +211,7 @@ pub fn assemble(
     rows.rollups = rollup(counted, catalogue);
     rows
 }
+
+#[cfg(test)]
+#[path = "batch_tests.rs"]
+mod tests;

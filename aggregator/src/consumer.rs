@@ -108,7 +108,8 @@ impl ConsumerLoop {
     /// Runs until `stopping` is cancelled, then lets in-flight batches finish for up to `drain`.
     pub async fn run(mut self, stopping: CancellationToken, heartbeat: tally_kit::ops::Heartbeat, drain: Duration) {
         let linger = Duration::from_millis(self.settings.linger_ms);
-        let tick = Duration::from_millis(self.settings.linger_ms.clamp(10, 100));
+        let mut tick = tokio::time::interval(Duration::from_millis(self.settings.linger_ms.clamp(10, 100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let consumer = Arc::clone(&self.consumer);
         loop {
             heartbeat.beat();
@@ -125,7 +126,7 @@ impl ConsumerLoop {
                     Ok((partition, batch, outcome)) => self.finished(partition, batch, outcome).await,
                     Err(join) => tracing::error!(error = %join, "a batch task failed"),
                 },
-                () = tokio::time::sleep(tick) => {}
+                _ = tick.tick() => {}
             }
             self.follow_rebalances().await;
             self.start_due(linger);

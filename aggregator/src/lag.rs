@@ -27,17 +27,20 @@ pub fn spawn(consumer_loop: &ConsumerLoop, interval: Duration, stopping: Cancell
             let metrics = metrics.clone();
             let topic = topic.clone();
             let measured = tokio::task::spawn_blocking(move || measure(&consumer, &topic, &metrics)).await;
-            if let Ok(Err(error)) = measured {
-                tracing::debug!(error = %error, "measuring consumer lag failed");
+            match measured {
+                Ok(Ok(partitions)) => tracing::trace!(partitions, "consumer lag measured"),
+                Ok(Err(error)) => tracing::debug!(error = %error, "measuring consumer lag failed"),
+                Err(join) => tracing::debug!(error = %join, "the lag measurement task failed"),
             }
         }
     })
 }
 
-fn measure(consumer: &UsageConsumer, topic: &str, metrics: &AggregatorMetrics) -> rdkafka::error::KafkaResult<()> {
+fn measure(consumer: &UsageConsumer, topic: &str, metrics: &AggregatorMetrics) -> rdkafka::error::KafkaResult<usize> {
     let assignment = consumer.assignment()?;
     let committed = consumer.committed_offsets(assignment, BROKER_TIMEOUT)?;
-    for element in committed.elements_for_topic(topic) {
+    let elements = committed.elements_for_topic(topic);
+    for element in &elements {
         let (_low, high) = consumer.fetch_watermarks(topic, element.partition(), BROKER_TIMEOUT)?;
         let stored = match element.offset() {
             Offset::Offset(offset) => offset,
@@ -45,5 +48,5 @@ fn measure(consumer: &UsageConsumer, topic: &str, metrics: &AggregatorMetrics) -
         };
         metrics.lag.with_label_values(&[&element.partition().to_string()]).set((high - stored).max(0));
     }
-    Ok(())
+    Ok(elements.len())
 }

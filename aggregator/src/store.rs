@@ -8,9 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{Plan, Rows};
 
-/// Pairs per dedup lookup query: keeps each query's text to about a megabyte.
-const LOOKUP_CHUNK: usize = 10_000;
-
 /// Where a partition stands in ClickHouse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
@@ -27,6 +24,14 @@ struct CheckpointRow<'a> {
     next_offset: u64,
     first_offset: u64,
     stored_at: i64,
+}
+
+#[derive(Debug, Row, Serialize)]
+struct LookupRow<'a> {
+    token: &'a str,
+    tenant_id: &'a str,
+    event_id: &'a str,
+    created_at: u32,
 }
 
 #[derive(Debug, Row, Deserialize)]
@@ -99,28 +104,35 @@ impl Store {
 
     /// The (tenant, id) pairs among `pairs` counted before the plan's batch: anywhere except this
     /// partition at or after the batch's first offset (which is this batch or a replay of it).
+    /// The pairs travel as rows of `aggregator_lookups`, then one indexed query finds them.
     pub async fn counted_before(
         &self,
         plan: &Plan,
         pairs: &[(&str, &str)],
     ) -> clickhouse::error::Result<HashSet<(String, String)>> {
-        let mut found = HashSet::new();
-        for chunk in pairs.chunks(LOOKUP_CHUNK) {
-            let rows: Vec<Pair> = self
-                .client
-                .query(
-                    "SELECT tenant_id, event_id FROM usage_event_ids WHERE (tenant_id, event_id) IN ? \
-                     AND NOT (kafka_partition = ? AND kafka_offset >= ?)",
-                )
-                .bind(chunk)
-                .bind(plan.kafka_partition)
-                .bind(plan.first_offset)
-                .with_setting("max_query_size", "16777216")
-                .fetch_all()
-                .await?;
-            found.extend(rows.into_iter().map(|pair| (pair.tenant_id, pair.event_id)));
+        if pairs.is_empty() {
+            return Ok(HashSet::new());
         }
-        Ok(found)
+        let token = plan.token();
+        let created_at = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+        let mut insert = self.client.insert::<LookupRow<'_>>("aggregator_lookups").await?;
+        for (tenant_id, event_id) in pairs {
+            insert.write(&LookupRow { token: &token, tenant_id, event_id, created_at }).await?;
+        }
+        insert.end().await?;
+        let rows: Vec<Pair> = self
+            .client
+            .query(
+                "SELECT tenant_id, event_id FROM usage_event_ids \
+                 WHERE (tenant_id, event_id) IN (SELECT tenant_id, event_id FROM aggregator_lookups WHERE token = ?) \
+                 AND NOT (kafka_partition = ? AND kafka_offset >= ?)",
+            )
+            .bind(token.as_str())
+            .bind(plan.kafka_partition)
+            .bind(plan.first_offset)
+            .fetch_all()
+            .await?;
+        Ok(rows.into_iter().map(|pair| (pair.tenant_id, pair.event_id)).collect())
     }
 
     /// Writes the batch's rows to the three tables at once, each insert under the batch's token.

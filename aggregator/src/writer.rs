@@ -163,14 +163,28 @@ impl BatchWriter {
             }
             (None, None) => return Ok(Outcome::Abandoned),
         };
+        let started = Instant::now();
         let decoded = batch::decode(&plan, messages, &self.catalogue);
+        let decoded_at = started.elapsed();
         let pairs: Vec<(&str, &str)> =
             decoded.events.iter().map(|(_, event)| (event.tenant_id.as_str(), event.id.as_str())).collect();
         let counted_before = self.store.counted_before(&plan, &pairs).await.map_err(at("dedup_lookup"))?;
+        let looked_up_at = started.elapsed();
         let rows = batch::assemble(&plan, &decoded, &counted_before, &self.catalogue);
         self.store.store_rows(&plan, &rows).await.map_err(at("insert"))?;
+        let inserted_at = started.elapsed();
         self.dead_letter(&plan, &decoded.dead_letters).await?;
         self.store.checkpoint(&plan).await.map_err(at("checkpoint"))?;
+        tracing::debug!(
+            partition = plan.kafka_partition,
+            first_offset = plan.first_offset,
+            events = rows.events.len(),
+            decode_ms = decoded_at.as_millis() as u64,
+            lookup_ms = (looked_up_at - decoded_at).as_millis() as u64,
+            insert_ms = (inserted_at - looked_up_at).as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "batch stored"
+        );
 
         let metrics = &self.metrics;
         metrics.counted.inc_by(rows.events.len() as u64);

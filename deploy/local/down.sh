@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stops the local pipeline's services, then the broker and ClickHouse, gracefully (SIGTERM: ingest
-# flushes its producer, the broker saves its data).
+# flushes its producer, the aggregator finishes its batches, the broker saves its data).
 # PostgreSQL is the machine's and is left running. `--purge` also deletes the stack's data.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -21,6 +21,7 @@ stop() {
 }
 
 stop ingest
+stop aggregator
 stop kafka
 stop clickhouse
 if [ "${1:-}" = "--purge" ]; then

@@ -9,6 +9,7 @@ CLICKHOUSE_HTTP_PORT=${TALLY_CLICKHOUSE_HTTP_PORT:-8123}
 CLICKHOUSE_TCP_PORT=${TALLY_CLICKHOUSE_TCP_PORT:-9000}
 POSTGRES_PORT=${TALLY_POSTGRES_PORT:-5432}
 INGEST_PORT=${TALLY_INGEST_PORT:-8080}
+AGGREGATOR_PORT=${TALLY_AGGREGATOR_PORT:-8081}
 POSTGRES_PASSWORD=${TALLY_POSTGRES_PASSWORD:-postgres}
 NOIDA_VERSION=0.2.3
 CHDB_VERSION=26.9.0
@@ -48,6 +49,15 @@ url = sys.argv[1]
 data = sys.argv[2].encode() if len(sys.argv) > 2 else None
 with urllib.request.urlopen(url, data=data, timeout=2) as response:
     sys.exit(0 if 200 <= response.status < 300 else 1)
+PY
+}
+
+# clickhouse_query SQL: prints the answer of the local ClickHouse (HTTP) to SQL.
+clickhouse_query() {
+  python3 - "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/" "$1" <<'PY'
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], data=sys.argv[2].encode(), timeout=5) as response:
+    sys.stdout.write(response.read().decode())
 PY
 }
 

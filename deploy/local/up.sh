@@ -4,7 +4,7 @@
 #   * ClickHouse 26.9 (the chdb-core wheel, serving HTTP and native),
 #   * PostgreSQL (the machine's; installed with apt-get if absent),
 # then applies the PostgreSQL migrations and the ClickHouse DDL, creates the topics, and runs the
-# pipeline's services that exist so far (ingest), with a demo tenant, its API key and a first event.
+# pipeline's services that exist so far (ingest, aggregator), with a demo tenant, its API key and a first event.
 # Installs only what is missing; running it again is harmless. Stop with deploy/local/down.sh.
 # `--stack-only` stops after the stack (what CI's tests need).
 set -euo pipefail
@@ -116,21 +116,24 @@ setup_schemas() {
 
 admin() { (cd "$ROOT" && cargo run --quiet -p tally-admin -- "$@"); }
 
-start_ingest() {
-  say "building tally-ingest"
-  (cd "$ROOT" && cargo build --quiet -p tally-ingest) || die "building tally-ingest failed (see above)"
+# start_service NAME PORT LISTEN_VARIABLE: builds tally-NAME and (re)starts it in the background
+# with its operations/API listener on 127.0.0.1:PORT, then waits until its /readyz answers.
+start_service() {
+  local name=$1 port=$2 listen_var=$3
+  say "building tally-$name"
+  (cd "$ROOT" && cargo build --quiet -p "tally-$name") || die "building tally-$name failed (see above)"
   local target
   target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-  if pid_alive ingest; then
-    say "restarting ingest"
-    kill -TERM "$(cat "$RUN_DIR/ingest.pid")" 2>/dev/null || true
-    wait_for "ingest to stop" 20 bash -c "! kill -0 $(cat "$RUN_DIR/ingest.pid") 2>/dev/null"
+  if pid_alive "$name"; then
+    say "restarting $name"
+    kill -TERM "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null || true
+    wait_for "$name to stop" 20 bash -c "! kill -0 $(cat "$RUN_DIR/$name.pid") 2>/dev/null"
   fi
-  refuse_taken_port ingest "$INGEST_PORT"
-  TALLY_HTTP__LISTEN=127.0.0.1:$INGEST_PORT setsid nohup "$target/debug/tally-ingest" \
-    >>"$LOG_DIR/ingest.log" 2>&1 </dev/null &
-  echo $! >"$RUN_DIR/ingest.pid"
-  wait_for ingest 30 http_ok "http://127.0.0.1:$INGEST_PORT/readyz" || die "ingest did not become ready: see $LOG_DIR/ingest.log"
+  refuse_taken_port "$name" "$port"
+  env "$listen_var=127.0.0.1:$port" setsid nohup "$target/debug/tally-$name" \
+    >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/$name.pid"
+  wait_for "$name" 60 http_ok "http://127.0.0.1:$port/readyz" || die "$name did not become ready: see $LOG_DIR/$name.log"
 }
 
 # A demo tenant of the platform's registry and an API key for it, made once.
@@ -158,6 +161,20 @@ with urllib.request.urlopen(request, timeout=10) as response:
 PY
 }
 
+# Waits until the aggregator has counted the demo tenant's events and shows this month's total.
+show_counted() {
+  local query="SELECT tenant_id, metric, events, total FROM tally.usage_windows WHERE granularity = 'month' AND tenant_id = 'demo' FORMAT TSV"
+  local counted=""
+  for _ in $(seq 1 60); do
+    counted=$(clickhouse_query "$query" 2>/dev/null || true)
+    [ -n "$counted" ] && break
+    sleep 0.5
+  done
+  [ -n "$counted" ] || die "the first event was not counted within 30 s: see $LOG_DIR/aggregator.log"
+  say "counted in ClickHouse (tenant, metric, events, total this month):"
+  echo "$counted"
+}
+
 main() {
   mkdir -p "$LOG_DIR" "$RUN_DIR" "$TOOLS_DIR"
   install_noida
@@ -173,9 +190,11 @@ main() {
   fi
   # shellcheck disable=SC1091
   source "$STACK_DIR/env"
-  start_ingest
+  start_service ingest "$INGEST_PORT" TALLY_HTTP__LISTEN
+  start_service aggregator "$AGGREGATOR_PORT" TALLY_AGGREGATOR__LISTEN
   seed_demo
   send_first_event || die "the first event was not accepted: see $LOG_DIR/ingest.log"
+  show_counted
   cat <<DONE
 
 Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
@@ -184,6 +203,7 @@ Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
   PostgreSQL       $(postgres_url tally | sed "s/:$POSTGRES_PASSWORD@/:***@/")
   Ingest           http://127.0.0.1:$INGEST_PORT/v1/events  (demo tenant key in $STACK_DIR/demo-key;
                    /livez /readyz /metrics /openapi.yaml)
+  Aggregator       http://127.0.0.1:$AGGREGATOR_PORT/metrics  (/livez /readyz; rollups in tally.usage_windows)
 Environment for services and tests:  source $STACK_DIR/env
 Stop it with:                        deploy/local/down.sh
 DONE

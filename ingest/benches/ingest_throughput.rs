@@ -19,6 +19,7 @@ use tally_ingest::config::{IngestConfig, ProducerConfig};
 use tally_ingest::{Ingest, auth};
 use tally_kit::config::KafkaConfig;
 use tally_schemas::{MetricCatalogue, Topics, UsageEvent, ValidationContext};
+use tally_testkit::bench::{arg, peak_rss_mib, spread};
 use tally_testkit::{TestPostgres, unique_name};
 use tokio_util::sync::CancellationToken;
 
@@ -27,10 +28,6 @@ const TENANTS: usize = 100;
 // The same allocator as the `tally-ingest` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn arg(index: usize, default: usize) -> usize {
-    std::env::args().skip(1).filter(|a| !a.starts_with("--")).nth(index).and_then(|a| a.parse().ok()).unwrap_or(default)
-}
 
 fn event(round: usize, i: usize) -> Value {
     json!({
@@ -135,21 +132,6 @@ async fn http_ingest(url: &str, key: &str, round: usize, events: usize, batch: u
     }
     assert_eq!(accepted, events as u64, "every event acknowledged");
     events as f64 / started.elapsed().as_secs_f64()
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// (min, median, max)
-fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (values[0], values[values.len() / 2], values[values.len() - 1])
 }
 
 fn main() {

@@ -21,6 +21,22 @@ ORDER BY (tenant_id, event_id)
 TTL received_at + INTERVAL 40 DAY
 SETTINGS non_replicated_deduplication_window = 10000, ttl_only_drop_parts = 1;
 
+-- The (tenant, id) pairs of a batch being stored, sent as data (a RowBinary insert) rather than as
+-- a query literal, so the dedup lookup can read them with an indexed IN (subquery). Rows are only
+-- needed while their batch is stored; whole hours are dropped a day later.
+CREATE TABLE IF NOT EXISTS aggregator_lookups
+(
+    token      String,
+    tenant_id  String,
+    event_id   String,
+    created_at DateTime('UTC')
+)
+ENGINE = MergeTree
+PARTITION BY toStartOfHour(created_at)
+ORDER BY token
+TTL created_at + INTERVAL 1 DAY
+SETTINGS ttl_only_drop_parts = 1;
+
 -- Per tenant x metric x window partial aggregates; every column merges exactly, so a query that
 -- aggregates (or reads usage_windows) is exact before and after background merges.
 CREATE TABLE IF NOT EXISTS usage_rollups

@@ -10,6 +10,7 @@
 
 #![allow(clippy::missing_panics_doc)]
 
+pub mod bench;
 mod broker;
 
 pub use broker::TestBroker;

@@ -1,0 +1,200 @@
+//! Exactly-once Kafka → ClickHouse vs bare consume and bare RowBinary insert, same broker, same
+//! ClickHouse, same process.
+//!
+//! Needs the local stack (`deploy/local/up.sh`). Run:
+//! `cargo bench -p tally-aggregator --bench aggregator_throughput [-- EVENTS ROUNDS]` (defaults
+//! 200000 3). Each round fills a fresh 6-partition topic with EVENTS distinct events over 1,000
+//! tenants, then measures, in turn:
+//! * bare consume: a consumer reading every message and copying key and payload (what the
+//!   aggregator's consumer does before any processing);
+//! * bare insert: the same events as `usage_events` rows, built beforehand, inserted through the
+//!   `clickhouse` crate (RowBinary) in inserts of the aggregator's batch size;
+//! * exactly-once: the aggregator, in this process, from a fresh consumer group until every
+//!   event is counted in ClickHouse (plans, dedup lookup, raw + ids + rollup inserts, checkpoints).
+//!
+//! Reports events/s, the ratio exactly-once / min(consume, insert) (goal ≥ 0.7) and peak RSS.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tally_aggregator::batch::{self, Message, Plan};
+use tally_aggregator::{Aggregator, AggregatorConfig};
+use tally_kit::config::{KafkaConfig, ProducerConfig};
+use tally_kit::producer::Publisher;
+use tally_schemas::{EventId, MetricCatalogue, MetricName, Quantity, TenantId, Topics, UsageEvent};
+use tally_testkit::bench::{arg, peak_rss_mib, spread};
+use tally_testkit::{TestClickHouse, kafka_config, unique_name};
+use tokio_util::sync::CancellationToken;
+
+const TENANTS: usize = 1_000;
+const BATCH: usize = 50_000;
+
+fn event(round: usize, i: usize, now: chrono::DateTime<Utc>) -> UsageEvent {
+    let metric = ["api_calls", "compute_seconds", "storage_bytes"][i % 3];
+    UsageEvent {
+        id: EventId::parse(format!("r{round}-{i:08}-{:016x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))).unwrap(),
+        tenant_id: TenantId::parse(format!("tenant-{:04}", i % TENANTS)).unwrap(),
+        metric: MetricName::parse(metric).unwrap(),
+        value: Quantity::from_units(1_000_000_000 + i as i128),
+        timestamp: now - chrono::TimeDelta::milliseconds((i % 60_000) as i64),
+        source: "bench".to_owned(),
+        attributes: [("region".to_owned(), "eu-west-1".to_owned())].into(),
+    }
+}
+
+async fn fill(kafka: &KafkaConfig, topics: &Topics, events: &[UsageEvent]) {
+    tally_kit::kafka::ensure_topics(kafka, topics).await.unwrap();
+    let publisher = Publisher::new(kafka, &ProducerConfig::default()).unwrap();
+    let mut pending = Vec::with_capacity(events.len());
+    for event in events {
+        loop {
+            match publisher.enqueue_usage(&topics.usage_events, event) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+    for delivery in pending {
+        delivery.acknowledged().await.unwrap();
+    }
+}
+
+async fn bare_consume(kafka: &KafkaConfig, topic: &str, expected: usize) -> f64 {
+    let consumer: StreamConsumer = tally_kit::kafka::client_config(kafka)
+        .set("group.id", unique_name("bench-bare"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut copied: Vec<Message> = Vec::with_capacity(expected);
+    while copied.len() < expected {
+        let message = consumer.recv().await.unwrap();
+        copied.push(Message {
+            offset: message.offset() as u64,
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        });
+    }
+    let rate = expected as f64 / started.elapsed().as_secs_f64();
+    // Closing a group consumer blocks against the local broker (see testkit's engine tests).
+    std::mem::forget(consumer);
+    rate
+}
+
+async fn bare_insert(ch: &TestClickHouse, events: &[UsageEvent]) -> f64 {
+    let catalogue = MetricCatalogue::default();
+    let mut batches = Vec::new();
+    for (n, chunk) in events.chunks(BATCH).enumerate() {
+        let plan = Plan {
+            topic: "bench".to_owned(),
+            kafka_partition: 0,
+            first_offset: (n * BATCH) as u64,
+            last_offset: (n * BATCH + chunk.len() - 1) as u64,
+            decided_at: Utc::now().timestamp_millis(),
+            planned_by: "bench".to_owned(),
+        };
+        let decoded = batch::Decoded {
+            events: chunk.iter().enumerate().map(|(i, e)| ((n * BATCH + i) as u64, e.clone())).collect(),
+            ..batch::Decoded::default()
+        };
+        batches.push(batch::assemble(&plan, &decoded, &Default::default(), &catalogue).events);
+    }
+    let started = Instant::now();
+    for rows in &batches {
+        let mut insert = ch.client.insert::<batch::EventRow>("usage_events").await.unwrap();
+        for row in rows {
+            insert.write(row).await.unwrap();
+        }
+        insert.end().await.unwrap();
+    }
+    events.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn exactly_once(kafka: &KafkaConfig, topics: &Topics, ch: &TestClickHouse, expected: usize) -> f64 {
+    let mut config = AggregatorConfig {
+        kafka: kafka.clone(),
+        clickhouse: ch.config.clone(),
+        topics: topics.clone(),
+        ..AggregatorConfig::default()
+    };
+    config.aggregator.listen = "127.0.0.1:0".parse().unwrap();
+    config.aggregator.group_id = unique_name("bench-aggregator");
+    config.aggregator.max_batch_events = BATCH;
+    config.aggregator.max_buffered_events = 4 * BATCH;
+    config.aggregator.linger_ms = 200;
+    let stopping = CancellationToken::new();
+    // The DDL on the fresh database is setup, not throughput; joining the group is counted, as
+    // it is for bare consume.
+    let aggregator = Aggregator::build(config, stopping.clone()).await.unwrap();
+    let started = Instant::now();
+    let running = tokio::spawn(aggregator.run_until_stopped());
+    loop {
+        let counted: u64 = ch.client.query("SELECT count() FROM usage_events").fetch_one().await.unwrap();
+        if counted as usize >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = expected as f64 / started.elapsed().as_secs_f64();
+    stopping.cancel();
+    running.await.unwrap().unwrap();
+    rate
+}
+
+fn main() {
+    let events = arg(0, 200_000);
+    let rounds = arg(1, 3);
+    if std::env::var_os("RUST_LOG").is_some() {
+        let telemetry =
+            tally_kit::config::TelemetryConfig { format: tally_kit::config::LogFormat::Text, ..Default::default() };
+        tally_kit::telemetry::init(&telemetry);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let kafka = kafka_config();
+        let (mut consume, mut insert, mut eo) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            let now = Utc::now();
+            let batch: Vec<UsageEvent> = (0..events).map(|i| event(round, i, now)).collect();
+            let topics = Topics {
+                usage_events: unique_name("bench-usage"),
+                dead_letter: unique_name("bench-dlq"),
+                ..Topics::default()
+            };
+            fill(&kafka, &topics, &batch).await;
+            consume.push(bare_consume(&kafka, &topics.usage_events, events).await);
+            let bare_db = TestClickHouse::create().await;
+            insert.push(bare_insert(&bare_db, &batch).await);
+            bare_db.drop_database().await;
+            let db = TestClickHouse::create().await;
+            eo.push(exactly_once(&kafka, &topics, &db, events).await);
+            db.drop_database().await;
+            println!(
+                "round {round}: bare consume {:>9.0} ev/s, bare insert {:>9.0} ev/s, exactly-once {:>9.0} ev/s",
+                consume[round - 1],
+                insert[round - 1],
+                eo[round - 1]
+            );
+        }
+        let ratios: Vec<f64> = (0..rounds).map(|r| eo[r] / consume[r].min(insert[r])).collect();
+        let (consume, insert, eo, ratio) = (spread(consume), spread(insert), spread(eo), spread(ratios));
+        println!("events per round {events}, 6 partitions, batches of {BATCH}, {rounds} rounds (min / median / max)");
+        println!("bare consume:          {:.0} / {:.0} / {:.0} events/s", consume.0, consume.1, consume.2);
+        println!("bare RowBinary insert: {:.0} / {:.0} / {:.0} events/s", insert.0, insert.1, insert.2);
+        println!("exactly-once:          {:.0} / {:.0} / {:.0} events/s", eo.0, eo.1, eo.2);
+        println!(
+            "ratio exactly-once / slower baseline: {:.2} / {:.2} / {:.2} (goal >= 0.70)",
+            ratio.0, ratio.1, ratio.2
+        );
+        println!("peak RSS (bench process: aggregator + baselines + the events in memory): {:.0} MiB", peak_rss_mib());
+    });
+}

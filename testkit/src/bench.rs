@@ -1,0 +1,22 @@
+//! Helpers the benchmarks share: positional arguments, spreads of per-round figures, peak RSS.
+
+/// Positional argument `index` (flags skipped) parsed, or `default`.
+pub fn arg(index: usize, default: usize) -> usize {
+    std::env::args().skip(1).filter(|a| !a.starts_with("--")).nth(index).and_then(|a| a.parse().ok()).unwrap_or(default)
+}
+
+/// The process's peak resident set (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// (min, median, max) of per-round figures.
+pub fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (values[0], values[values.len() / 2], values[values.len() - 1])
+}
