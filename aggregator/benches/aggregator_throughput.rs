@@ -2,9 +2,9 @@
 //! ClickHouse, same process.
 //!
 //! Needs the local stack (`deploy/local/up.sh`). Run:
-//! `cargo bench -p tally-aggregator --bench aggregator_throughput [-- EVENTS ROUNDS]` (defaults
-//! 200000 3). Each round fills a fresh 6-partition topic with EVENTS distinct events over 1,000
-//! tenants, then measures, in turn:
+//! `cargo bench -p tally-aggregator --bench aggregator_throughput [-- EVENTS ROUNDS BATCH]`
+//! (defaults 200000 3 50000, the service's default batch). Each round fills a fresh 6-partition
+//! topic with EVENTS distinct events over 1,000 tenants, then measures, in turn:
 //! * bare consume: a consumer reading every message and copying key and payload (what the
 //!   aggregator's consumer does before any processing);
 //! * bare insert: the same events as `usage_events` rows, built beforehand, inserted through the
@@ -31,7 +31,6 @@ use tally_testkit::{TestClickHouse, kafka_config, unique_name};
 use tokio_util::sync::CancellationToken;
 
 const TENANTS: usize = 1_000;
-const BATCH: usize = 50_000;
 
 fn event(round: usize, i: usize, now: chrono::DateTime<Utc>) -> UsageEvent {
     let metric = ["api_calls", "compute_seconds", "storage_bytes"][i % 3];
@@ -90,20 +89,20 @@ async fn bare_consume(kafka: &KafkaConfig, topic: &str, expected: usize) -> f64 
     rate
 }
 
-async fn bare_insert(ch: &TestClickHouse, events: &[UsageEvent]) -> f64 {
+async fn bare_insert(ch: &TestClickHouse, events: &[UsageEvent], batch_size: usize) -> f64 {
     let catalogue = MetricCatalogue::default();
     let mut batches = Vec::new();
-    for (n, chunk) in events.chunks(BATCH).enumerate() {
+    for (n, chunk) in events.chunks(batch_size).enumerate() {
         let plan = Plan {
             topic: "bench".to_owned(),
             kafka_partition: 0,
-            first_offset: (n * BATCH) as u64,
-            last_offset: (n * BATCH + chunk.len() - 1) as u64,
+            first_offset: (n * batch_size) as u64,
+            last_offset: (n * batch_size + chunk.len() - 1) as u64,
             decided_at: Utc::now().timestamp_millis(),
             planned_by: "bench".to_owned(),
         };
         let decoded = batch::Decoded {
-            events: chunk.iter().enumerate().map(|(i, e)| ((n * BATCH + i) as u64, e.clone())).collect(),
+            events: chunk.iter().enumerate().map(|(i, e)| ((n * batch_size + i) as u64, e.clone())).collect(),
             ..batch::Decoded::default()
         };
         batches.push(batch::assemble(&plan, &decoded, &Default::default(), &catalogue).events);
@@ -119,7 +118,13 @@ async fn bare_insert(ch: &TestClickHouse, events: &[UsageEvent]) -> f64 {
     events.len() as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn exactly_once(kafka: &KafkaConfig, topics: &Topics, ch: &TestClickHouse, expected: usize) -> f64 {
+async fn exactly_once(
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    ch: &TestClickHouse,
+    expected: usize,
+    batch_size: usize,
+) -> f64 {
     let mut config = AggregatorConfig {
         kafka: kafka.clone(),
         clickhouse: ch.config.clone(),
@@ -128,8 +133,8 @@ async fn exactly_once(kafka: &KafkaConfig, topics: &Topics, ch: &TestClickHouse,
     };
     config.aggregator.listen = "127.0.0.1:0".parse().unwrap();
     config.aggregator.group_id = unique_name("bench-aggregator");
-    config.aggregator.max_batch_events = BATCH;
-    config.aggregator.max_buffered_events = 4 * BATCH;
+    config.aggregator.max_batch_events = batch_size;
+    config.aggregator.max_buffered_events = 20 * batch_size;
     config.aggregator.linger_ms = 200;
     let stopping = CancellationToken::new();
     // The DDL on the fresh database is setup, not throughput; joining the group is counted, as
@@ -153,6 +158,7 @@ async fn exactly_once(kafka: &KafkaConfig, topics: &Topics, ch: &TestClickHouse,
 fn main() {
     let events = arg(0, 200_000);
     let rounds = arg(1, 3);
+    let batch_size = arg(2, 50_000);
     if std::env::var_os("RUST_LOG").is_some() {
         let telemetry =
             tally_kit::config::TelemetryConfig { format: tally_kit::config::LogFormat::Text, ..Default::default() };
@@ -173,10 +179,10 @@ fn main() {
             fill(&kafka, &topics, &batch).await;
             consume.push(bare_consume(&kafka, &topics.usage_events, events).await);
             let bare_db = TestClickHouse::create().await;
-            insert.push(bare_insert(&bare_db, &batch).await);
+            insert.push(bare_insert(&bare_db, &batch, batch_size).await);
             bare_db.drop_database().await;
             let db = TestClickHouse::create().await;
-            eo.push(exactly_once(&kafka, &topics, &db, events).await);
+            eo.push(exactly_once(&kafka, &topics, &db, events, batch_size).await);
             db.drop_database().await;
             println!(
                 "round {round}: bare consume {:>9.0} ev/s, bare insert {:>9.0} ev/s, exactly-once {:>9.0} ev/s",
@@ -187,7 +193,9 @@ fn main() {
         }
         let ratios: Vec<f64> = (0..rounds).map(|r| eo[r] / consume[r].min(insert[r])).collect();
         let (consume, insert, eo, ratio) = (spread(consume), spread(insert), spread(eo), spread(ratios));
-        println!("events per round {events}, 6 partitions, batches of {BATCH}, {rounds} rounds (min / median / max)");
+        println!(
+            "events per round {events}, 6 partitions, batches of {batch_size}, {rounds} rounds (min / median / max)"
+        );
         println!("bare consume:          {:.0} / {:.0} / {:.0} events/s", consume.0, consume.1, consume.2);
         println!("bare RowBinary insert: {:.0} / {:.0} / {:.0} events/s", insert.0, insert.1, insert.2);
         println!("exactly-once:          {:.0} / {:.0} / {:.0} events/s", eo.0, eo.1, eo.2);

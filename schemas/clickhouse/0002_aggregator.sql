@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS usage_rollups
     distinct_values SimpleAggregateFunction(groupUniqArrayArray, Array(String))
 )
 ENGINE = AggregatingMergeTree
-PARTITION BY (granularity, toYYYYMM(window_start))
+PARTITION BY toYYYYMM(window_start)
 ORDER BY (granularity, tenant_id, metric, window_start)
 SETTINGS non_replicated_deduplication_window = 10000;
 

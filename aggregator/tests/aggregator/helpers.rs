@@ -195,6 +195,33 @@ format = "text"
             .collect()
     }
 
+    /// For a failed count: which distinct events are not stored, and whether the broker still
+    /// holds them (an event the broker lost after acknowledging it cannot be counted by anyone).
+    pub async fn explain_missing(&self, distinct: &[&tally_schemas::UsageEvent]) -> String {
+        #[derive(Debug, Row, Deserialize)]
+        struct Stored {
+            tenant_id: String,
+            event_id: String,
+        }
+        let stored: Vec<Stored> =
+            self.ch.client.query("SELECT tenant_id, event_id FROM usage_events").fetch_all().await.expect("ids");
+        let stored: std::collections::HashSet<(String, String)> =
+            stored.into_iter().map(|s| (s.tenant_id, s.event_id)).collect();
+        let size = usize::try_from(tally_testkit::topic_size(&self.kafka, &self.topics.usage_events).await).unwrap();
+        let topic =
+            tally_testkit::read_topic(&self.kafka, &self.topics.usage_events, size, Duration::from_secs(30)).await;
+        let mut report = Vec::new();
+        for event in distinct {
+            if stored.contains(&(event.tenant_id.to_string(), event.id.to_string())) {
+                continue;
+            }
+            let needle = format!("\"id\":\"{}\"", event.id);
+            let copies = topic.iter().filter(|m| String::from_utf8_lossy(&m.payload).contains(&needle)).count();
+            report.push(format!("not stored: {}/{} ({copies} copies on the topic)", event.tenant_id, event.id));
+        }
+        report.join("\n")
+    }
+
     pub async fn drop(self) {
         self.ch.drop_database().await;
     }
