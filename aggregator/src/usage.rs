@@ -16,6 +16,8 @@ pub struct CurrentUsage {
     pub metric: String,
     /// Gauges: the value of the latest event by event time, in units of 10⁻⁹.
     pub latest_value: i128,
+    /// The time of that latest event, in nanoseconds since the epoch.
+    pub latest_at: i64,
     /// Counters: the sum since the start of the current UTC month, in units of 10⁻⁹.
     pub period_total: i128,
     /// Events counted since the start of the current UTC month.
@@ -31,6 +33,7 @@ pub fn period_start(now: DateTime<Utc>) -> DateTime<Utc> {
 
 const CURRENT_USAGE: &str = "SELECT tenant_id, metric, \
        tupleElement(max(latest), 3) AS latest_value, \
+       toUnixTimestamp64Nano(tupleElement(max(latest), 1)) AS latest_at, \
        sumIf(value_sum, window_start >= toDateTime(?, 'UTC')) AS period_total, \
        sumIf(events, window_start >= toDateTime(?, 'UTC')) AS period_events, \
        length(groupUniqArrayArrayIf(distinct_values, window_start >= toDateTime(?, 'UTC'))) AS period_distinct \

@@ -1,4 +1,129 @@
-//! Quota checks: user caps, storage caps and per-tenant rate limits.
+//! Tally's enforcer: answers "may tenant T make this call / add a user / store N more bytes?".
 //!
-//! The crate is reserved in the workspace; the service itself is not built yet (see the issue
-//! tracker), so it has no binary and does not run in the local pipeline.
+//! * Limits come from the platform database (tier defaults, per-tenant overrides, status), held
+//!   in memory and kept current by `NOTIFY` (a change applies within a second) and reloads.
+//! * Rate limits are GCRA (`governor`), one keyed limiter per distinct quota, checked in memory.
+//! * User and storage caps are reserve → commit / release in PostgreSQL, serialized per tenant
+//!   with an advisory lock, against the aggregator's current usage (ClickHouse), so no number of
+//!   concurrent requests or replicas overshoots a cap.
+//! * Stale data or a failed store follows a per-check fail-open / fail-closed policy.
+
+pub mod api;
+pub mod audit;
+pub mod checks;
+pub mod config;
+pub mod decision;
+pub mod metrics;
+pub mod rate;
+pub mod registry;
+pub mod reservations;
+pub mod tasks;
+pub mod usage;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+use tally_kit::ops::{HttpServer, Ops};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditLog, StorageAlerts};
+use crate::checks::Checks;
+pub use crate::config::EnforcerConfig;
+use crate::metrics::EnforcerMetrics;
+use crate::registry::Registry;
+use crate::usage::UsageCache;
+
+/// The metric names whose latest values are the user count and the stored bytes.
+pub const USERS_METRIC: &str = "active_users";
+pub const STORAGE_METRIC: &str = "storage_bytes";
+
+/// A loaded, bound, ready-to-run enforcer.
+#[derive(Debug)]
+pub struct Enforcer {
+    server: HttpServer,
+    router: Router,
+    checks: Arc<Checks>,
+    clickhouse: clickhouse::Client,
+    stopping: CancellationToken,
+}
+
+impl Enforcer {
+    /// Loads the tenant registry, binds the listener (port 0 picks one).
+    pub async fn build(config: EnforcerConfig, stopping: CancellationToken) -> anyhow::Result<Self> {
+        let ops = Ops::new("enforcer", stopping.clone());
+        let metrics = EnforcerMetrics::register(ops.registry()).context("registering metrics")?;
+        let pool = tally_kit::postgres::pool(&config.postgres)?;
+        let registry = Arc::new(Registry::new(config.tiers));
+        let loaded = registry.load_all(&pool).await.context("loading the tenant registry from PostgreSQL")?;
+        tracing::info!(tenants = loaded, "tenant registry loaded");
+        let section = config.enforcer.clone();
+        let checks = Arc::new(Checks {
+            registry,
+            usage: Arc::new(UsageCache::new(USERS_METRIC, STORAGE_METRIC)),
+            audit: AuditLog::new(section.audit_capacity),
+            alerts: StorageAlerts::default(),
+            pool: pool.clone(),
+            settings: section.clone(),
+            metrics,
+        });
+        let clickhouse = tally_kit::clickhouse::client(&config.clickhouse);
+        let ping = clickhouse.clone();
+        ops.add_check("clickhouse", move || {
+            let client = ping.clone();
+            async move { tally_kit::clickhouse::ping(&client).await.map_err(|e| e.to_string()) }
+        });
+        ops.add_check("postgres", move || {
+            let pool = pool.clone();
+            async move { tally_kit::postgres::ping(&pool).await.map_err(|e| e.to_string()) }
+        });
+        let router = Router::new()
+            .route("/v1/check", post(api::check_all))
+            .route("/v1/check/rate", post(api::check_rate))
+            .route("/v1/check/users", post(api::check_users))
+            .route("/v1/check/storage", post(api::check_storage))
+            .route("/v1/reservations/{id}/commit", post(api::commit))
+            .route("/v1/reservations/{id}/release", post(api::release))
+            .route("/v1/tenants/{id}/limits", get(api::tenant_limits))
+            .route("/v1/tenants/{id}/denials", get(api::tenant_denials))
+            .with_state(Arc::clone(&checks))
+            .merge(ops.router());
+        let server = HttpServer::bind(section.listen).await?;
+        Ok(Self { server, router, checks, clickhouse, stopping })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The checks, for in-process use (the HTTP API calls the same).
+    pub fn checks(&self) -> Arc<Checks> {
+        Arc::clone(&self.checks)
+    }
+
+    /// Serves and keeps registry and usage current until the stopping token is cancelled.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self { server, router, checks, clickhouse, stopping } = self;
+        tracing::info!(addr = %server.local_addr(), "enforcer listening");
+        let reload = Duration::from_millis(checks.settings.registry_reload_ms);
+        let background = [
+            tokio::spawn(Arc::clone(&checks.registry).keep_current(checks.pool.clone(), reload, stopping.clone())),
+            tokio::spawn(tasks::refresh_usage(
+                Arc::clone(&checks),
+                clickhouse,
+                reqwest::Client::new(),
+                stopping.clone(),
+            )),
+            tokio::spawn(tasks::housekeeping(Arc::clone(&checks), stopping.clone())),
+        ];
+        server.serve(router, stopping).await.context("serving HTTP")?;
+        for task in background {
+            task.abort();
+        }
+        tracing::info!("enforcer stopped");
+        Ok(())
+    }
+}

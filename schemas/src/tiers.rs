@@ -84,7 +84,7 @@ impl Limit {
 }
 
 /// A GCRA quota: a sustained rate and the burst allowed above it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RateQuota {
     pub per_second: NonZeroU32,
     pub burst: NonZeroU32,

@@ -1,0 +1,96 @@
+//! The enforcer's configuration: the shared connection sections, the tier defaults, and its own
+//! `[enforcer]` section.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use tally_kit::config::{ClickHouseConfig, PostgresConfig, TelemetryConfig};
+use tally_schemas::TierDefaults;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EnforcerConfig {
+    pub enforcer: EnforcerSection,
+    pub postgres: PostgresConfig,
+    /// Where the aggregator's usage state is read.
+    pub clickhouse: ClickHouseConfig,
+    pub tiers: TierDefaults,
+    pub telemetry: TelemetryConfig,
+}
+
+/// What a check answers when the data it needs is stale or its store does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Allow, and say so in the answer (`degraded`).
+    Open,
+    /// Deny with reason `unavailable`.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policies {
+    pub rate: FailurePolicy,
+    pub users: FailurePolicy,
+    pub storage: FailurePolicy,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self { rate: FailurePolicy::Open, users: FailurePolicy::Closed, storage: FailurePolicy::Closed }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnforcerSection {
+    /// The check API and `/livez`, `/readyz`, `/metrics`.
+    pub listen: SocketAddr,
+    /// How often current usage is read from ClickHouse.
+    pub usage_refresh_ms: u64,
+    /// Usage older than this is stale: user and storage checks follow their failure policy.
+    pub usage_stale_after_ms: u64,
+    /// A full reload of the tenant registry, besides the change notifications.
+    pub registry_reload_ms: u64,
+    /// The registry is stale when neither a reload nor the notification listener worked for this long.
+    pub registry_stale_after_ms: u64,
+    /// Bound on any PostgreSQL call a check makes; past it the check follows its failure policy.
+    pub store_timeout_ms: u64,
+    /// A reservation not committed or released within this is dropped.
+    pub reservation_ttl_secs: u64,
+    /// A committed reservation keeps counting until usage reports it, at most this long.
+    pub committed_ttl_secs: u64,
+    /// Rate-limit state of tenants idle this long is reclaimed (checked every `reclaim_ms`).
+    pub reclaim_ms: u64,
+    pub policy: Policies,
+    /// Where storage alerts are POSTed (JSON); empty: alerts show only in logs and metrics.
+    pub alert_webhook: String,
+    /// Denials kept for `GET /v1/tenants/{id}/denials` (all tenants together; oldest dropped).
+    pub audit_capacity: usize,
+}
+
+impl Default for EnforcerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            usage_refresh_ms: 1_000,
+            usage_stale_after_ms: 15_000,
+            registry_reload_ms: 60_000,
+            registry_stale_after_ms: 120_000,
+            store_timeout_ms: 500,
+            reservation_ttl_secs: 300,
+            committed_ttl_secs: 3_600,
+            reclaim_ms: 60_000,
+            policy: Policies::default(),
+            alert_webhook: String::new(),
+            audit_capacity: 100_000,
+        }
+    }
+}
+
+impl tally_kit::service::ServiceConfig for EnforcerConfig {
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}

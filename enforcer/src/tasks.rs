@@ -1,0 +1,88 @@
+//! Background work: refreshing usage (and raising storage alerts), reclaiming idle rate-limit
+//! state, purging expired reservations, and keeping the gauges current.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clickhouse::Client;
+use serde_json::json;
+use tally_schemas::tiers::Limit;
+use tokio_util::sync::CancellationToken;
+
+use crate::checks::Checks;
+
+async fn every(period: Duration, stopping: &CancellationToken) -> bool {
+    tokio::select! {
+        () = stopping.cancelled() => false,
+        () = tokio::time::sleep(period) => true,
+    }
+}
+
+/// Reads usage every `usage_refresh_ms` and alerts on storage crossings.
+pub async fn refresh_usage(checks: Arc<Checks>, client: Client, http: reqwest::Client, stopping: CancellationToken) {
+    let period = Duration::from_millis(checks.settings.usage_refresh_ms);
+    loop {
+        match checks.usage.refresh(&client).await {
+            Ok(_) => alert_storage(&checks, &http),
+            Err(error) => tracing::warn!(error = %error, "reading current usage failed; checks use the last state"),
+        }
+        if !every(period, &stopping).await {
+            return;
+        }
+    }
+}
+
+fn alert_storage(checks: &Checks, http: &reqwest::Client) {
+    for (tenant, usage) in checks.usage.snapshot() {
+        let cap = checks.registry.with(&tenant, |found| found.map(|(_, entry)| entry.limits));
+        let Some(limits) = cap else { continue };
+        let (Some(alert_at), Limit::Capped(cap)) = (limits.storage_alert_bytes(), limits.max_storage_bytes) else {
+            continue;
+        };
+        if !checks.alerts.observe(&tenant, usage.storage_bytes >= alert_at) {
+            continue;
+        }
+        checks.metrics.storage_alerts.inc();
+        tracing::warn!(tenant, storage_bytes = usage.storage_bytes, cap, "tenant passed 80 % of its storage cap");
+        let webhook = checks.settings.alert_webhook.clone();
+        if webhook.is_empty() {
+            continue;
+        }
+        let body = json!({
+            "type": "storage_cap_80_percent",
+            "tenant_id": tenant,
+            "storage_bytes": usage.storage_bytes,
+            "max_storage_bytes": cap,
+            "percent": usage.storage_bytes.saturating_mul(100) / cap.max(1),
+        });
+        let http = http.clone();
+        tokio::spawn(async move {
+            if let Err(error) = http.post(&webhook).json(&body).send().await.and_then(|r| r.error_for_status()) {
+                tracing::warn!(error = %error, "the storage alert webhook failed");
+            }
+        });
+    }
+    checks.metrics.tenants_above_storage_alert.set(i64::try_from(checks.alerts.count()).unwrap_or(i64::MAX));
+}
+
+/// Reclaims idle rate-limit state, purges old reservations and updates the gauges.
+pub async fn housekeeping(checks: Arc<Checks>, stopping: CancellationToken) {
+    let period = Duration::from_millis(checks.settings.reclaim_ms.min(5_000));
+    let mut since_reclaim = Duration::ZERO;
+    while every(period, &stopping).await {
+        since_reclaim += period;
+        let metrics = &checks.metrics;
+        if since_reclaim >= Duration::from_millis(checks.settings.reclaim_ms) {
+            since_reclaim = Duration::ZERO;
+            checks.registry.limiters.reclaim();
+            if let Err(error) = crate::reservations::purge_expired(&checks.pool).await {
+                tracing::warn!(error = %error, "purging expired reservations failed");
+            }
+        }
+        let seconds = |age: Option<Duration>| age.map_or(-1, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
+        metrics.usage_age_seconds.set(seconds(checks.usage.age()));
+        metrics.registry_age_seconds.set(seconds(checks.registry.age()));
+        metrics.tenants_known.set(i64::try_from(checks.registry.len()).unwrap_or(i64::MAX));
+        metrics.tenants_tracked.set(i64::try_from(checks.registry.limiters.tracked()).unwrap_or(i64::MAX));
+    }
+}

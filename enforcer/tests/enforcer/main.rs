@@ -1,0 +1,8 @@
+//! The enforcer against real PostgreSQL (the platform registry, reservations) and the
+//! aggregator's real usage tables in ClickHouse.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod caps;
+mod helpers;
+mod limits;
