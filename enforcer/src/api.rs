@@ -67,8 +67,8 @@ fn answer(decision: Decision) -> Response {
     (status_of(&decision), headers, Json(decision)).into_response()
 }
 
-fn timed(checks: &Checks, endpoint: &str, started: Instant) {
-    checks.metrics.latency.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
+fn timed(histogram: &prometheus::Histogram, started: Instant) {
+    histogram.observe(started.elapsed().as_secs_f64());
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,7 +87,7 @@ pub async fn check_rate(State(checks): State<AppState>, payload: Result<Json<Rat
         Err(response) => return *response,
     };
     let decision = checks.rate(&request.tenant_id, request.cost.unwrap_or(NonZeroU32::MIN));
-    timed(&checks, "rate", started);
+    timed(&checks.metrics.endpoint_latency.rate, started);
     answer(decision)
 }
 
@@ -106,7 +106,8 @@ async fn reserve(checks: &Checks, request: CapCheck, resource: Resource) -> Resp
         return error(StatusCode::UNPROCESSABLE_ENTITY, "amount must be at least 1".to_owned());
     }
     let decision = checks.reserve(&request.tenant_id, resource, amount).await;
-    timed(checks, resource.as_str(), started);
+    let latency = &checks.metrics.endpoint_latency;
+    timed(if resource == Resource::Users { &latency.users } else { &latency.storage }, started);
     answer(decision)
 }
 
@@ -171,7 +172,7 @@ pub async fn check_all(
             let _released = reservations::release(&checks.pool, &id).await;
         }
     }
-    timed(&checks, "combined", started);
+    timed(&checks.metrics.endpoint_latency.combined, started);
     let mut headers = HeaderMap::new();
     if let Some(rate) = decisions.iter().find(|d| d.kind == Kind::Rate) {
         rate_headers(rate, &mut headers);

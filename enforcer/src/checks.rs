@@ -69,11 +69,16 @@ impl Checks {
     /// Counts the decision in metrics and, if it denies, in the audit log.
     fn settle(&self, tenant: &str, decision: Decision) -> Decision {
         let outcome = match (decision.allowed, decision.degraded) {
-            (_, true) => "degraded",
-            (true, false) => "allowed",
-            (false, false) => "denied",
+            (true, false) => 0,
+            (false, false) => 1,
+            (_, true) => 2,
         };
-        self.metrics.decisions.with_label_values(&[decision.kind.as_str(), outcome]).inc();
+        let kind = match decision.kind {
+            Kind::Rate => 0,
+            Kind::Users => 1,
+            Kind::Storage => 2,
+        };
+        self.metrics.decision_counters.get(kind, outcome).inc();
         if !decision.allowed {
             self.audit.record(tenant, decision.kind, decision.reason);
         }
@@ -89,11 +94,11 @@ impl Checks {
             if let Some(denied) = status_denial(Kind::Rate, found.map(|(_, entry)| entry)) {
                 return denied;
             }
-            let Some((key, entry)) = found else { return Decision::new(Kind::Rate, false, Reason::UnknownTenant) };
+            let Some((_, entry)) = found else { return Decision::new(Kind::Rate, false, Reason::UnknownTenant) };
             let Some(limiter) = &entry.limiter else { return Decision::new(Kind::Rate, true, Reason::Unlimited) };
             let burst = u64::from(limiter.quota.burst.get());
             let per_second = u64::from(limiter.quota.per_second.get());
-            let (mut decision, remaining) = match limiter.check(key, cost) {
+            let (mut decision, remaining) = match limiter.check(cost) {
                 RateOutcome::Allowed { remaining } => {
                     (Decision::new(Kind::Rate, true, Reason::Ok), u64::from(remaining))
                 }

@@ -61,8 +61,8 @@ pub struct EnforcerSection {
     pub reservation_ttl_secs: u64,
     /// A committed reservation keeps counting until usage reports it, at most this long.
     pub committed_ttl_secs: u64,
-    /// Rate-limit state of tenants idle this long is reclaimed (checked every `reclaim_ms`).
-    pub reclaim_ms: u64,
+    /// How often expired reservations are purged and the gauges updated.
+    pub housekeeping_ms: u64,
     pub policy: Policies,
     /// Where storage alerts are POSTed (JSON); empty: alerts show only in logs and metrics.
     pub alert_webhook: String,
@@ -81,7 +81,7 @@ impl Default for EnforcerSection {
             store_timeout_ms: 500,
             reservation_ttl_secs: 300,
             committed_ttl_secs: 3_600,
-            reclaim_ms: 60_000,
+            housekeeping_ms: 5_000,
             policy: Policies::default(),
             alert_webhook: String::new(),
             audit_capacity: 100_000,

@@ -1,9 +1,38 @@
 //! The enforcer's Prometheus metrics (prefixed `tally_` by the registry); no tenant labels.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The decision counters, resolved once (a label lookup per check would cost more than the check).
+#[derive(Debug, Clone)]
+pub struct DecisionCounters {
+    /// Indexed by kind (rate, users, storage), then outcome (allowed, denied, degraded).
+    counters: [[IntCounter; 3]; 3],
+}
+
+impl DecisionCounters {
+    fn new(vec: &IntCounterVec) -> Self {
+        let row = |kind: &str| ["allowed", "denied", "degraded"].map(|outcome| vec.with_label_values(&[kind, outcome]));
+        Self { counters: [row("rate"), row("users"), row("storage")] }
+    }
+
+    pub fn get(&self, kind: usize, outcome: usize) -> &IntCounter {
+        &self.counters[kind][outcome]
+    }
+}
+
+/// The HTTP latency histograms by endpoint, resolved once.
+#[derive(Debug, Clone)]
+pub struct EndpointLatency {
+    pub rate: Histogram,
+    pub users: Histogram,
+    pub storage: Histogram,
+    pub combined: Histogram,
+}
 
 #[derive(Debug, Clone)]
 pub struct EnforcerMetrics {
+    pub decision_counters: DecisionCounters,
+    pub endpoint_latency: EndpointLatency,
     /// Decisions by kind (`rate`, `users`, `storage`) and outcome (`allowed`, `denied`, `degraded`).
     pub decisions: IntCounterVec,
     /// HTTP check latency by endpoint.
@@ -12,29 +41,36 @@ pub struct EnforcerMetrics {
     pub usage_age_seconds: IntGauge,
     pub registry_age_seconds: IntGauge,
     pub tenants_known: IntGauge,
-    /// Tenants with live rate-limit state.
-    pub tenants_tracked: IntGauge,
     pub storage_alerts: IntCounter,
     pub tenants_above_storage_alert: IntGauge,
 }
 
 impl EnforcerMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let decisions = IntCounterVec::new(
+            Opts::new("enforcer_decisions_total", "Check answers by kind and outcome"),
+            &["kind", "outcome"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("enforcer_check_seconds", "Time to answer a check over HTTP").buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ]),
+            &["endpoint"],
+        )?;
+        let endpoint_latency = EndpointLatency {
+            rate: latency.with_label_values(&["rate"]),
+            users: latency.with_label_values(&["users"]),
+            storage: latency.with_label_values(&["storage"]),
+            combined: latency.with_label_values(&["combined"]),
+        };
         let metrics = Self {
-            decisions: IntCounterVec::new(
-                Opts::new("enforcer_decisions_total", "Check answers by kind and outcome"),
-                &["kind", "outcome"],
-            )?,
-            latency: HistogramVec::new(
-                HistogramOpts::new("enforcer_check_seconds", "Time to answer a check over HTTP").buckets(vec![
-                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
-                ]),
-                &["endpoint"],
-            )?,
+            decision_counters: DecisionCounters::new(&decisions),
+            endpoint_latency,
+            latency,
+            decisions,
             usage_age_seconds: IntGauge::new("enforcer_usage_age_seconds", "Age of the usage state")?,
             registry_age_seconds: IntGauge::new("enforcer_registry_age_seconds", "Age of the tenant registry")?,
             tenants_known: IntGauge::new("enforcer_tenants_known", "Tenants in the registry")?,
-            tenants_tracked: IntGauge::new("enforcer_tenants_tracked", "Tenants with live rate-limit state")?,
             storage_alerts: IntCounter::new("enforcer_storage_alerts_total", "Storage 80 % crossings alerted")?,
             tenants_above_storage_alert: IntGauge::new(
                 "enforcer_tenants_above_storage_alert",
@@ -46,7 +82,6 @@ impl EnforcerMetrics {
         registry.register(Box::new(metrics.usage_age_seconds.clone()))?;
         registry.register(Box::new(metrics.registry_age_seconds.clone()))?;
         registry.register(Box::new(metrics.tenants_known.clone()))?;
-        registry.register(Box::new(metrics.tenants_tracked.clone()))?;
         registry.register(Box::new(metrics.storage_alerts.clone()))?;
         registry.register(Box::new(metrics.tenants_above_storage_alert.clone()))?;
         Ok(metrics)

@@ -1,32 +1,24 @@
 //! Per-tenant rate limits on `governor` (GCRA).
 //!
 //! One governor limiter holds one quota, and tenants differ in quota (tier defaults, overrides).
-//! So there is one keyed limiter per distinct quota, shared by every tenant with that quota; a
-//! tenant's registry entry points straight at its limiter, so a check is one registry lookup plus
-//! one governor check. Idle tenants' state is reclaimed by `reclaim` (`retain_recent`).
+//! So every tenant's registry entry holds a direct (unkeyed) governor limiter of its own quota,
+//! inline: a check is one registry lookup and one atomic update in the same entry, with no
+//! second map to search. A reload keeps a tenant's limiter (and its state) while its quota is
+//! unchanged; an idle tenant costs its registry entry and nothing more.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tally_schemas::tiers::RateQuota;
 
-pub type TenantKey = Arc<str>;
+pub type TenantKey = Box<str>;
 
-type Limiter = RateLimiter<TenantKey, DefaultKeyedStateStore<TenantKey>, DefaultClock, StateInformationMiddleware>;
-
-/// A keyed limiter for every tenant sharing one quota.
-#[derive(Debug)]
-pub struct QuotaLimiter {
-    pub quota: RateQuota,
-    limiter: Limiter,
-    clock: DefaultClock,
-}
+// `MonotonicClock` (std's `Instant`) is zero-sized: an idle tenant pays no bytes for a clock.
+type Limiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock, StateInformationMiddleware>;
 
 /// A rate check's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,66 +31,38 @@ pub enum RateOutcome {
     TooCostly,
 }
 
-impl QuotaLimiter {
-    fn new(quota: RateQuota) -> Self {
+/// One tenant's limiter and the quota it enforces.
+#[derive(Debug)]
+pub struct TenantRate {
+    pub quota: RateQuota,
+    limiter: Limiter,
+}
+
+impl TenantRate {
+    pub fn new(quota: RateQuota, clock: &MonotonicClock) -> Self {
         let governed = Quota::per_second(quota.per_second).allow_burst(quota.burst);
-        let limiter = RateLimiter::dashmap(governed).with_middleware::<StateInformationMiddleware>();
-        Self { quota, limiter, clock: DefaultClock::default() }
+        let limiter =
+            RateLimiter::direct_with_clock(governed, clock.clone()).with_middleware::<StateInformationMiddleware>();
+        Self { quota, limiter }
     }
 
-    /// Takes `cost` cells for `tenant` if they are free.
-    pub fn check(&self, tenant: &TenantKey, cost: NonZeroU32) -> RateOutcome {
+    /// Takes `cost` cells if they are free.
+    pub fn check(&self, cost: NonZeroU32) -> RateOutcome {
         let outcome = if cost.get() == 1 {
-            self.limiter.check_key(tenant).map_err(Some)
+            self.limiter.check().map_err(Some)
         } else {
-            match self.limiter.check_key_n(tenant, cost) {
+            match self.limiter.check_n(cost) {
                 Ok(inner) => inner.map_err(Some),
                 Err(_insufficient) => Err(None),
             }
         };
         match outcome {
             Ok(snapshot) => RateOutcome::Allowed { remaining: snapshot.remaining_burst_capacity() },
-            Err(Some(not_until)) => RateOutcome::Limited { retry_after: not_until.wait_time_from(self.clock.now()) },
+            Err(Some(not_until)) => {
+                RateOutcome::Limited { retry_after: not_until.wait_time_from(self.limiter.clock().now()) }
+            }
             Err(None) => RateOutcome::TooCostly,
         }
-    }
-
-    /// Tenants with live state in this limiter.
-    pub fn tracked(&self) -> usize {
-        self.limiter.len()
-    }
-}
-
-/// The limiters by quota; a new quota gets its limiter on first use.
-#[derive(Debug, Default)]
-pub struct RateLimiters {
-    by_quota: Mutex<HashMap<RateQuota, Arc<QuotaLimiter>>>,
-}
-
-impl RateLimiters {
-    pub fn for_quota(&self, quota: RateQuota) -> Arc<QuotaLimiter> {
-        let mut by_quota = self.by_quota.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(by_quota.entry(quota).or_insert_with(|| Arc::new(QuotaLimiter::new(quota))))
-    }
-
-    /// Drops the state of tenants whose limiter would be full again (idle long enough), and
-    /// limiters no tenant uses any more. Returns the tenants still tracked.
-    pub fn reclaim(&self) -> usize {
-        let mut by_quota = self.by_quota.lock().unwrap_or_else(PoisonError::into_inner);
-        by_quota.retain(|_, limiter| Arc::strong_count(limiter) > 1 || limiter.tracked() > 0);
-        let mut tracked = 0;
-        for limiter in by_quota.values() {
-            limiter.limiter.retain_recent();
-            limiter.limiter.shrink_to_fit();
-            tracked += limiter.tracked();
-        }
-        tracked
-    }
-
-    /// (quota, tenants tracked) per limiter.
-    pub fn tracked(&self) -> usize {
-        let by_quota = self.by_quota.lock().unwrap_or_else(PoisonError::into_inner);
-        by_quota.values().map(|limiter| limiter.tracked()).sum()
     }
 }
 
@@ -112,24 +76,16 @@ mod tests {
 
     #[test]
     fn the_burst_passes_then_the_rate_with_a_retry_after() {
-        let limiters = RateLimiters::default();
-        let limiter = limiters.for_quota(quota(10, 5));
-        let tenant: TenantKey = Arc::from("acme");
+        let clock = MonotonicClock;
+        let limiter = TenantRate::new(quota(10, 5), &clock);
         let one = NonZeroU32::MIN;
-        for _ in 0..5 {
-            assert!(matches!(limiter.check(&tenant, one), RateOutcome::Allowed { .. }));
+        for n in 0..5 {
+            assert_eq!(limiter.check(one), RateOutcome::Allowed { remaining: 4 - n });
         }
-        let RateOutcome::Limited { retry_after } = limiter.check(&tenant, one) else { panic!("the 6th is limited") };
+        let RateOutcome::Limited { retry_after } = limiter.check(one) else { panic!("the 6th is limited") };
         assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(100), "{retry_after:?}");
-        let other: TenantKey = Arc::from("globex");
-        assert_eq!(limiter.check(&other, one), RateOutcome::Allowed { remaining: 4 }, "tenants do not share cells");
-        assert_eq!(limiter.check(&other, NonZeroU32::new(6).unwrap()), RateOutcome::TooCostly);
-    }
-
-    #[test]
-    fn tenants_with_one_quota_share_a_limiter() {
-        let limiters = RateLimiters::default();
-        assert!(Arc::ptr_eq(&limiters.for_quota(quota(10, 5)), &limiters.for_quota(quota(10, 5))));
-        assert!(!Arc::ptr_eq(&limiters.for_quota(quota(10, 5)), &limiters.for_quota(quota(10, 6))));
+        let other = TenantRate::new(quota(10, 5), &clock);
+        assert_eq!(other.check(one), RateOutcome::Allowed { remaining: 4 }, "tenants do not share cells");
+        assert_eq!(other.check(NonZeroU32::new(6).unwrap()), RateOutcome::TooCostly);
     }
 }

@@ -13,7 +13,9 @@ use sqlx::postgres::PgListener;
 use tally_schemas::tiers::{Limit, LimitOverrides, Limits, RateLimit, RateQuota, Tier, TierDefaults};
 use tokio_util::sync::CancellationToken;
 
-use crate::rate::{QuotaLimiter, RateLimiters, TenantKey};
+use governor::clock::MonotonicClock;
+
+use crate::rate::{TenantKey, TenantRate};
 
 /// The notification channel the registry listens on.
 pub const CHANNEL: &str = "tally_tenant_changed";
@@ -32,8 +34,8 @@ pub struct TenantEntry {
     pub status: Status,
     pub tier: Tier,
     pub limits: Limits,
-    /// The limiter of the tenant's quota; `None` when its rate is unlimited.
-    pub limiter: Option<Arc<QuotaLimiter>>,
+    /// The tenant's rate limiter; `None` when its rate is unlimited.
+    pub limiter: Option<TenantRate>,
 }
 
 type Row = (String, String, String, Option<i64>, Option<i64>, Option<i32>, Option<i32>);
@@ -43,8 +45,8 @@ const SELECT: &str = "SELECT id, status, tier, max_users, max_storage_bytes, rat
 
 #[derive(Debug)]
 pub struct Registry {
-    tenants: RwLock<HashMap<TenantKey, Arc<TenantEntry>>>,
-    pub limiters: RateLimiters,
+    tenants: RwLock<HashMap<TenantKey, TenantEntry>>,
+    clock: MonotonicClock,
     tiers: TierDefaults,
     started: Instant,
     /// Milliseconds after `started` of the last full load or notification-backed update.
@@ -76,7 +78,7 @@ impl Registry {
     pub fn new(tiers: TierDefaults) -> Self {
         Self {
             tenants: RwLock::new(HashMap::new()),
-            limiters: RateLimiters::default(),
+            clock: MonotonicClock,
             tiers,
             started: Instant::now(),
             synced_ms: AtomicU64::new(u64::MAX),
@@ -90,19 +92,49 @@ impl Registry {
             _ => Status::Deleted,
         };
         let tier: Tier = row.2.parse()?;
-        let limits = self.tiers.resolve(tier, &overrides(row)?);
+        Ok(self.make_entry(status, tier, self.tiers.resolve(tier, &overrides(row)?)))
+    }
+
+    fn make_entry(&self, status: Status, tier: Tier, limits: Limits) -> TenantEntry {
         let limiter = match limits.rate {
-            RateLimit::Quota(quota) => Some(self.limiters.for_quota(quota)),
+            RateLimit::Quota(quota) => Some(TenantRate::new(quota, &self.clock)),
             RateLimit::Unlimited => None,
         };
-        Ok(TenantEntry { status, tier, limits, limiter })
+        TenantEntry { status, tier, limits, limiter }
+    }
+
+    /// Puts `entry` in `tenants`, keeping the old entry's limiter (and its state) if the quota
+    /// did not change, so a reload does not refill anyone's bucket.
+    fn put(
+        tenants: &mut HashMap<TenantKey, TenantEntry>,
+        previous: Option<TenantEntry>,
+        key: TenantKey,
+        mut entry: TenantEntry,
+    ) {
+        if let Some(previous) = previous
+            && previous.limits.rate == entry.limits.rate
+        {
+            entry.limiter = previous.limiter;
+        }
+        tenants.insert(key, entry);
+    }
+
+    /// Puts an active tenant of `tier` with the tier's limits in the registry (embedding the
+    /// enforcer without the platform database, e.g. in benchmarks; the next reload replaces it).
+    pub fn insert_active(&self, tenant: &str, tier: Tier) {
+        let entry = self.make_entry(Status::Active, tier, self.tiers.resolve(tier, &LimitOverrides::default()));
+        let mut tenants = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
+        let previous = tenants.remove(tenant);
+        Self::put(&mut tenants, previous, TenantKey::from(tenant), entry);
+        drop(tenants);
+        self.mark_synced();
     }
 
     /// Runs `check` on the tenant's entry (`None` for an unknown tenant) under the read lock:
     /// the hot path clones nothing.
     pub fn with<R>(&self, tenant: &str, check: impl FnOnce(Option<(&TenantKey, &TenantEntry)>) -> R) -> R {
         let tenants = self.tenants.read().unwrap_or_else(PoisonError::into_inner);
-        check(tenants.get_key_value(tenant).map(|(key, entry)| (key, entry.as_ref())))
+        check(tenants.get_key_value(tenant))
     }
 
     pub fn len(&self) -> usize {
@@ -127,17 +159,22 @@ impl Registry {
     /// Replaces the whole registry with the database's.
     pub async fn load_all(&self, pool: &PgPool) -> Result<usize, sqlx::Error> {
         let rows: Vec<Row> = sqlx::query_as(SELECT).fetch_all(pool).await?;
-        let mut tenants = HashMap::with_capacity(rows.len());
+        let mut fresh = Vec::with_capacity(rows.len());
         for row in &rows {
             match self.entry(row) {
-                Ok(entry) => {
-                    tenants.insert(TenantKey::from(row.0.as_str()), Arc::new(entry));
-                }
+                Ok(entry) => fresh.push((TenantKey::from(row.0.as_str()), entry)),
                 Err(error) => tracing::warn!(tenant = row.0, error, "tenant row skipped: its limits are invalid"),
             }
         }
-        let count = tenants.len();
-        *self.tenants.write().unwrap_or_else(PoisonError::into_inner) = tenants;
+        let count = fresh.len();
+        let mut tenants = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
+        let mut previous = std::mem::take(&mut *tenants);
+        tenants.reserve(count);
+        for (key, entry) in fresh {
+            let old = previous.remove(&key);
+            Self::put(&mut tenants, old, key, entry);
+        }
+        drop(tenants);
         self.mark_synced();
         Ok(count)
     }
@@ -150,7 +187,8 @@ impl Registry {
         let mut tenants = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
         match entry {
             Some(Ok(entry)) => {
-                tenants.insert(TenantKey::from(tenant), Arc::new(entry));
+                let previous = tenants.remove(tenant);
+                Self::put(&mut tenants, previous, TenantKey::from(tenant), entry);
             }
             Some(Err(error)) => tracing::warn!(tenant, error, "tenant row ignored: its limits are invalid"),
             None => {

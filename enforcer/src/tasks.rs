@@ -1,5 +1,5 @@
-//! Background work: refreshing usage (and raising storage alerts), reclaiming idle rate-limit
-//! state, purging expired reservations, and keeping the gauges current.
+//! Background work: refreshing usage (and raising storage alerts), purging expired
+//! reservations, and keeping the gauges current.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,24 +65,17 @@ fn alert_storage(checks: &Checks, http: &reqwest::Client) {
     checks.metrics.tenants_above_storage_alert.set(i64::try_from(checks.alerts.count()).unwrap_or(i64::MAX));
 }
 
-/// Reclaims idle rate-limit state, purges old reservations and updates the gauges.
+/// Purges old reservations and updates the gauges every `housekeeping_ms`.
 pub async fn housekeeping(checks: Arc<Checks>, stopping: CancellationToken) {
-    let period = Duration::from_millis(checks.settings.reclaim_ms.min(5_000));
-    let mut since_reclaim = Duration::ZERO;
+    let period = Duration::from_millis(checks.settings.housekeeping_ms);
     while every(period, &stopping).await {
-        since_reclaim += period;
-        let metrics = &checks.metrics;
-        if since_reclaim >= Duration::from_millis(checks.settings.reclaim_ms) {
-            since_reclaim = Duration::ZERO;
-            checks.registry.limiters.reclaim();
-            if let Err(error) = crate::reservations::purge_expired(&checks.pool).await {
-                tracing::warn!(error = %error, "purging expired reservations failed");
-            }
+        if let Err(error) = crate::reservations::purge_expired(&checks.pool).await {
+            tracing::warn!(error = %error, "purging expired reservations failed");
         }
+        let metrics = &checks.metrics;
         let seconds = |age: Option<Duration>| age.map_or(-1, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
         metrics.usage_age_seconds.set(seconds(checks.usage.age()));
         metrics.registry_age_seconds.set(seconds(checks.registry.age()));
         metrics.tenants_known.set(i64::try_from(checks.registry.len()).unwrap_or(i64::MAX));
-        metrics.tenants_tracked.set(i64::try_from(checks.registry.limiters.tracked()).unwrap_or(i64::MAX));
     }
 }
