@@ -22,6 +22,7 @@ stop() {
 
 stop ingest
 stop aggregator
+stop enforcer
 stop kafka
 stop clickhouse
 if [ "${1:-}" = "--purge" ]; then

@@ -4,7 +4,7 @@
 #   * ClickHouse 26.9 (the chdb-core wheel, serving HTTP and native),
 #   * PostgreSQL (the machine's; installed with apt-get if absent),
 # then applies the PostgreSQL migrations and the ClickHouse DDL, creates the topics, and runs the
-# pipeline's services that exist so far (ingest, aggregator), with a demo tenant, its API key and a first event.
+# pipeline's services that exist so far (ingest, aggregator, enforcer), with a demo tenant, its API key and a first event.
 # Installs only what is missing; running it again is harmless. Stop with deploy/local/down.sh.
 # `--stack-only` stops after the stack (what CI's tests need).
 set -euo pipefail
@@ -175,6 +175,26 @@ show_counted() {
   echo "$counted"
 }
 
+# Asks the enforcer about the demo tenant: one rate check and its limits with current usage.
+show_enforced() {
+  local answer
+  answer=$(python3 - "http://127.0.0.1:$ENFORCER_PORT" <<'PY'
+import json, sys, urllib.request
+base = sys.argv[1]
+request = urllib.request.Request(f"{base}/v1/check/rate", data=json.dumps({"tenant_id": "demo"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(request, timeout=5) as response:
+    check = json.load(response)
+with urllib.request.urlopen(f"{base}/v1/tenants/demo/limits", timeout=5) as response:
+    limits = json.load(response)
+print(f"rate check: allowed={check['allowed']} remaining={check['remaining']}/{check['limit']}; "
+      f"tier {limits['tier']}: users {limits['users']['used']}/{limits['users']['limit']}, "
+      f"storage {limits['storage_bytes']['used']}/{limits['storage_bytes']['limit']} bytes")
+PY
+  ) || die "the enforcer did not answer for the demo tenant: see $LOG_DIR/enforcer.log"
+  say "enforcer: $answer"
+}
+
 main() {
   mkdir -p "$LOG_DIR" "$RUN_DIR" "$TOOLS_DIR"
   install_noida
@@ -192,9 +212,11 @@ main() {
   source "$STACK_DIR/env"
   start_service ingest "$INGEST_PORT" TALLY_HTTP__LISTEN
   start_service aggregator "$AGGREGATOR_PORT" TALLY_AGGREGATOR__LISTEN
+  start_service enforcer "$ENFORCER_PORT" TALLY_ENFORCER__LISTEN
   seed_demo
   send_first_event || die "the first event was not accepted: see $LOG_DIR/ingest.log"
   show_counted
+  show_enforced
   cat <<DONE
 
 Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
@@ -204,6 +226,8 @@ Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
   Ingest           http://127.0.0.1:$INGEST_PORT/v1/events  (demo tenant key in $STACK_DIR/demo-key;
                    /livez /readyz /metrics /openapi.yaml)
   Aggregator       http://127.0.0.1:$AGGREGATOR_PORT/metrics  (/livez /readyz; rollups in tally.usage_windows)
+  Enforcer         http://127.0.0.1:$ENFORCER_PORT/v1/check/rate  (/v1/check/users, /v1/check/storage, /v1/check,
+                   /v1/tenants/{id}/limits; /livez /readyz /metrics)
 Environment for services and tests:  source $STACK_DIR/env
 Stop it with:                        deploy/local/down.sh
 DONE
