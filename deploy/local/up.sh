@@ -227,7 +227,7 @@ Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
                    /livez /readyz /metrics /openapi.yaml)
   Aggregator       http://127.0.0.1:$AGGREGATOR_PORT/metrics  (/livez /readyz; rollups in tally.usage_windows)
   Enforcer         http://127.0.0.1:$ENFORCER_PORT/v1/check/rate  (/v1/check/users, /v1/check/storage, /v1/check,
-                   /v1/tenants/{id}/limits; /livez /readyz /metrics)
+                   /v1/tenants/{id}/limits; /livez /readyz /metrics; Envoy RLS gRPC on 127.0.0.1:8083)
 Environment for services and tests:  source $STACK_DIR/env
 Stop it with:                        deploy/local/down.sh
 DONE

@@ -205,6 +205,7 @@ async fn over_http(tenants: usize, seconds: u64, clients: usize) {
         .unwrap();
     let mut config = EnforcerConfig { postgres: pg.config.clone(), ..EnforcerConfig::default() };
     config.enforcer.listen = "127.0.0.1:0".parse().unwrap();
+    config.enforcer.grpc_listen = None;
     config.telemetry.filter = "warn".to_owned();
     let stopping = CancellationToken::new();
     let enforcer = Enforcer::build(config, stopping.clone()).await.unwrap();

@@ -47,6 +47,8 @@ impl Default for Policies {
 pub struct EnforcerSection {
     /// The check API and `/livez`, `/readyz`, `/metrics`.
     pub listen: SocketAddr,
+    /// Envoy's rate limit service (RLS v3 gRPC); unset to serve none.
+    pub grpc_listen: Option<SocketAddr>,
     /// How often current usage is read from ClickHouse.
     pub usage_refresh_ms: u64,
     /// Usage older than this is stale: user and storage checks follow their failure policy.
@@ -74,6 +76,7 @@ impl Default for EnforcerSection {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8083))),
             usage_refresh_ms: 1_000,
             usage_stale_after_ms: 15_000,
             registry_reload_ms: 60_000,

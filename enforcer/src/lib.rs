@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod rate;
 pub mod registry;
 pub mod reservations;
+pub mod rls;
 pub mod tasks;
 pub mod usage;
 
@@ -45,6 +46,7 @@ pub const STORAGE_METRIC: &str = "storage_bytes";
 #[derive(Debug)]
 pub struct Enforcer {
     server: HttpServer,
+    grpc: Option<tokio::net::TcpListener>,
     router: Router,
     checks: Arc<Checks>,
     clickhouse: clickhouse::Client,
@@ -92,11 +94,24 @@ impl Enforcer {
             .with_state(Arc::clone(&checks))
             .merge(ops.router());
         let server = HttpServer::bind(section.listen).await?;
-        Ok(Self { server, router, checks, clickhouse, stopping })
+        let grpc = match section.grpc_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the RLS gRPC listener on {addr} ([enforcer] grpc_listen)"))?,
+            ),
+            None => None,
+        };
+        Ok(Self { server, grpc, router, checks, clickhouse, stopping })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Where Envoy's rate limit service (gRPC) listens, if it is served.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
     /// The checks, for in-process use (the HTTP API calls the same).
@@ -106,7 +121,7 @@ impl Enforcer {
 
     /// Serves and keeps registry and usage current until the stopping token is cancelled.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { server, router, checks, clickhouse, stopping } = self;
+        let Self { server, grpc, router, checks, clickhouse, stopping } = self;
         tracing::info!(addr = %server.local_addr(), "enforcer listening");
         let reload = Duration::from_millis(checks.settings.registry_reload_ms);
         let background = [
@@ -119,7 +134,21 @@ impl Enforcer {
             )),
             tokio::spawn(tasks::housekeeping(Arc::clone(&checks), stopping.clone())),
         ];
+        let rls = grpc.map(|listener| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "Envoy rate limit service (gRPC) listening");
+            let service = rls::RateLimitServer::new(Arc::clone(&checks));
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                tonic::transport::Server::builder()
+                    .serve_with_incoming_shutdown(service, incoming, stopping.cancelled_owned())
+                    .await
+            })
+        });
         server.serve(router, stopping).await.context("serving HTTP")?;
+        if let Some(rls) = rls {
+            rls.await.context("the RLS task")?.context("serving RLS gRPC")?;
+        }
         for task in background {
             task.abort();
         }

@@ -28,6 +28,7 @@ impl Stores {
             ..EnforcerConfig::default()
         };
         config.enforcer.listen = "127.0.0.1:0".parse().unwrap();
+        config.enforcer.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
         config.enforcer.usage_refresh_ms = 100;
         config.enforcer.store_timeout_ms = 5_000;
         config
@@ -78,6 +79,7 @@ fn uuid_like() -> String {
 
 pub struct App {
     pub addr: SocketAddr,
+    pub grpc: SocketAddr,
     pub stopping: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
     pub http: reqwest::Client,
@@ -88,8 +90,9 @@ impl App {
         let stopping = CancellationToken::new();
         let enforcer = Enforcer::build(config, stopping.clone()).await.unwrap();
         let addr = enforcer.local_addr();
+        let grpc = enforcer.grpc_addr().unwrap();
         let task = tokio::spawn(enforcer.run_until_stopped());
-        Self { addr, stopping, task, http: reqwest::Client::new() }
+        Self { addr, grpc, stopping, task, http: reqwest::Client::new() }
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, reqwest::header::HeaderMap, Value) {

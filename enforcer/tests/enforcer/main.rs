@@ -6,3 +6,4 @@
 mod caps;
 mod helpers;
 mod limits;
+mod rls;

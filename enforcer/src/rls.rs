@@ -1,0 +1,203 @@
+//! Envoy's global rate limit service (RLS v3, `envoy.service.ratelimit.v3.RateLimitService`) over
+//! gRPC, so Envoy, Istio and other gateways can ask Tally. A request's descriptors name the
+//! tenant with the entry key `tenant` (or `tenant_id`); each such descriptor is one rate check
+//! of `hits_addend` cells (default 1) against the tenant's quota. Descriptors without a tenant
+//! are not Tally's to limit and answer OK.
+//!
+//! The messages below are the RLS v3 wire format (same field numbers and types as Envoy's
+//! `rls.proto`, `ratelimit.proto`, `base.proto` and `google.protobuf.Duration`), written with
+//! `prost` so no `protoc` is needed to build.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::codegen::{BoxFuture, Service, StdError, http};
+use tonic::server::{NamedService, UnaryService};
+
+use crate::checks::Checks;
+
+/// The descriptor entry keys that name the tenant.
+pub const TENANT_KEYS: [&str; 2] = ["tenant", "tenant_id"];
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RateLimitRequest {
+    #[prost(string, tag = "1")]
+    pub domain: String,
+    #[prost(message, repeated, tag = "2")]
+    pub descriptors: Vec<RateLimitDescriptor>,
+    #[prost(uint32, tag = "3")]
+    pub hits_addend: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RateLimitDescriptor {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<DescriptorEntry>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DescriptorEntry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// `RateLimitResponse.Code`.
+pub const CODE_OK: i32 = 1;
+pub const CODE_OVER_LIMIT: i32 = 2;
+/// `RateLimitResponse.RateLimit.Unit.SECOND`.
+pub const UNIT_SECOND: i32 = 1;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RateLimitResponse {
+    #[prost(int32, tag = "1")]
+    pub overall_code: i32,
+    #[prost(message, repeated, tag = "2")]
+    pub statuses: Vec<DescriptorStatus>,
+    #[prost(message, repeated, tag = "3")]
+    pub response_headers_to_add: Vec<HeaderValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DescriptorStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(message, optional, tag = "2")]
+    pub current_limit: Option<RateLimit>,
+    #[prost(uint32, tag = "3")]
+    pub limit_remaining: u32,
+    #[prost(message, optional, tag = "4")]
+    pub duration_until_reset: Option<Duration>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RateLimit {
+    #[prost(uint32, tag = "1")]
+    pub requests_per_unit: u32,
+    #[prost(int32, tag = "2")]
+    pub unit: i32,
+    #[prost(string, tag = "3")]
+    pub name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HeaderValue {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct Duration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+fn duration_ms(ms: u64) -> Duration {
+    Duration { seconds: i64::try_from(ms / 1_000).unwrap_or(i64::MAX), nanos: ((ms % 1_000) * 1_000_000) as i32 }
+}
+
+/// Answers one RLS request from the enforcer's rate checks.
+pub fn should_rate_limit(checks: &Checks, request: &RateLimitRequest) -> RateLimitResponse {
+    let cost = NonZeroU32::new(request.hits_addend).unwrap_or(NonZeroU32::MIN);
+    let mut response = RateLimitResponse { overall_code: CODE_OK, ..RateLimitResponse::default() };
+    for descriptor in &request.descriptors {
+        let tenant = descriptor.entries.iter().find(|e| TENANT_KEYS.contains(&e.key.as_str())).map(|e| &e.value);
+        let Some(tenant) = tenant else {
+            response.statuses.push(DescriptorStatus { code: CODE_OK, ..DescriptorStatus::default() });
+            continue;
+        };
+        let decision = checks.rate(tenant, cost);
+        let code = if decision.allowed { CODE_OK } else { CODE_OVER_LIMIT };
+        if !decision.allowed {
+            response.overall_code = CODE_OVER_LIMIT;
+        }
+        let per_second = match (decision.limit, decision.window_ms) {
+            (Some(burst), Some(window_ms)) if window_ms > 0 => {
+                u32::try_from(burst * 1_000 / window_ms).unwrap_or(u32::MAX)
+            }
+            _ => 0,
+        };
+        response.statuses.push(DescriptorStatus {
+            code,
+            current_limit: (per_second > 0).then(|| RateLimit {
+                requests_per_unit: per_second,
+                unit: UNIT_SECOND,
+                name: format!("tenant:{tenant}"),
+            }),
+            limit_remaining: decision.remaining.map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX)),
+            duration_until_reset: decision.retry_after_ms.or(decision.reset_after_ms).map(duration_ms),
+        });
+        if let Some(retry_ms) = decision.retry_after_ms {
+            let seconds = retry_ms.div_ceil(1_000).max(1).to_string();
+            response.response_headers_to_add.push(HeaderValue { key: "retry-after".to_owned(), value: seconds });
+        }
+    }
+    response
+}
+
+/// The gRPC service; serve it with `tonic::transport::Server::builder().add_service(…)`.
+#[derive(Debug, Clone)]
+pub struct RateLimitServer {
+    checks: Arc<Checks>,
+}
+
+impl RateLimitServer {
+    pub fn new(checks: Arc<Checks>) -> Self {
+        Self { checks }
+    }
+}
+
+impl NamedService for RateLimitServer {
+    const NAME: &'static str = "envoy.service.ratelimit.v3.RateLimitService";
+}
+
+const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+struct ShouldRateLimit(Arc<Checks>);
+
+impl UnaryService<RateLimitRequest> for ShouldRateLimit {
+    type Response = RateLimitResponse;
+    type Future = BoxFuture<tonic::Response<RateLimitResponse>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<RateLimitRequest>) -> Self::Future {
+        let answer = should_rate_limit(&self.0, request.get_ref());
+        Box::pin(async move { Ok(tonic::Response::new(answer)) })
+    }
+}
+
+impl<B> Service<http::Request<B>> for RateLimitServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != SHOULD_RATE_LIMIT {
+            return Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert("grpc-status", http::HeaderValue::from(tonic::Code::Unimplemented as i32));
+                headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+                Ok(response)
+            });
+        }
+        let method = ShouldRateLimit(Arc::clone(&self.checks));
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
