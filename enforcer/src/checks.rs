@@ -63,7 +63,7 @@ impl Checks {
     }
 
     fn registry_stale(&self) -> bool {
-        self.registry.age().is_none_or(|age| age > Duration::from_millis(self.settings.registry_stale_after_ms))
+        !self.registry.is_fresh()
     }
 
     /// Counts the decision in metrics and, if it denies, in the audit log.

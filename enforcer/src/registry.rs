@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ pub struct Registry {
     started: Instant,
     /// Milliseconds after `started` of the last full load or notification-backed update.
     synced_ms: AtomicU64,
+    /// Whether the last sync is recent enough to trust (kept by [`Registry::judge_freshness`],
+    /// so the hot path reads a flag instead of the clock).
+    fresh: AtomicBool,
 }
 
 fn overrides(row: &Row) -> Result<LimitOverrides, String> {
@@ -82,6 +85,7 @@ impl Registry {
             tiers,
             started: Instant::now(),
             synced_ms: AtomicU64::new(u64::MAX),
+            fresh: AtomicBool::new(false),
         }
     }
 
@@ -154,6 +158,17 @@ impl Registry {
     fn mark_synced(&self) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         self.synced_ms.store(now, Ordering::Relaxed);
+        self.fresh.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the registry is recent enough to answer from.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh.load(Ordering::Relaxed)
+    }
+
+    /// Marks the registry stale once its last sync is older than `stale_after`.
+    pub fn judge_freshness(&self, stale_after: Duration) {
+        self.fresh.store(self.age().is_some_and(|age| age <= stale_after), Ordering::Relaxed);
     }
 
     /// Replaces the whole registry with the database's.

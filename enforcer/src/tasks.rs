@@ -65,10 +65,20 @@ fn alert_storage(checks: &Checks, http: &reqwest::Client) {
     checks.metrics.tenants_above_storage_alert.set(i64::try_from(checks.alerts.count()).unwrap_or(i64::MAX));
 }
 
-/// Purges old reservations and updates the gauges every `housekeeping_ms`.
+/// Judges the registry's freshness every second; purges old reservations and updates the
+/// gauges every `housekeeping_ms`.
 pub async fn housekeeping(checks: Arc<Checks>, stopping: CancellationToken) {
+    let tick = Duration::from_millis(checks.settings.housekeeping_ms.min(1_000));
     let period = Duration::from_millis(checks.settings.housekeeping_ms);
-    while every(period, &stopping).await {
+    let stale_after = Duration::from_millis(checks.settings.registry_stale_after_ms);
+    let mut since_purge = Duration::ZERO;
+    while every(tick, &stopping).await {
+        checks.registry.judge_freshness(stale_after);
+        since_purge += tick;
+        if since_purge < period {
+            continue;
+        }
+        since_purge = Duration::ZERO;
         if let Err(error) = crate::reservations::purge_expired(&checks.pool).await {
             tracing::warn!(error = %error, "purging expired reservations failed");
         }
