@@ -23,6 +23,7 @@ stop() {
 stop ingest
 stop aggregator
 stop enforcer
+stop stripe-fake
 stop kafka
 stop clickhouse
 if [ "${1:-}" = "--purge" ]; then

@@ -136,6 +136,24 @@ start_service() {
   wait_for "$name" 60 http_ok "http://127.0.0.1:$port/readyz" || die "$name did not become ready: see $LOG_DIR/$name.log"
 }
 
+# The Stripe fake (no machine here reaches Stripe), its state kept in .stack/stripe-fake.json.
+start_stripe_fake() {
+  say "building tally-stripe-fake"
+  (cd "$ROOT" && cargo build --quiet -p tally-stripe-fake) || die "building tally-stripe-fake failed (see above)"
+  local target
+  target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  if pid_alive stripe-fake; then
+    kill -TERM "$(cat "$RUN_DIR/stripe-fake.pid")" 2>/dev/null || true
+    wait_for "the Stripe fake to stop" 20 bash -c "! kill -0 $(cat "$RUN_DIR/stripe-fake.pid") 2>/dev/null"
+  fi
+  refuse_taken_port stripe-fake "$STRIPE_FAKE_PORT"
+  setsid nohup "$target/debug/tally-stripe-fake" --listen "127.0.0.1:$STRIPE_FAKE_PORT" \
+    --state-file "$STACK_DIR/stripe-fake.json" >>"$LOG_DIR/stripe-fake.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/stripe-fake.pid"
+  wait_for "the Stripe fake" 60 http_ok "http://127.0.0.1:$STRIPE_FAKE_PORT/_fake/health" \
+    || die "the Stripe fake did not start: see $LOG_DIR/stripe-fake.log"
+}
+
 # A demo tenant of the platform's registry and an API key for it, made once.
 seed_demo() {
   PGPASSWORD=$POSTGRES_PASSWORD psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d tally -qc \
@@ -213,6 +231,7 @@ main() {
   start_service ingest "$INGEST_PORT" TALLY_HTTP__LISTEN
   start_service aggregator "$AGGREGATOR_PORT" TALLY_AGGREGATOR__LISTEN
   start_service enforcer "$ENFORCER_PORT" TALLY_ENFORCER__LISTEN
+  start_stripe_fake
   seed_demo
   send_first_event || die "the first event was not accepted: see $LOG_DIR/ingest.log"
   show_counted
@@ -226,6 +245,7 @@ Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
   Ingest           http://127.0.0.1:$INGEST_PORT/v1/events  (demo tenant key in $STACK_DIR/demo-key;
                    /livez /readyz /metrics /openapi.yaml)
   Aggregator       http://127.0.0.1:$AGGREGATOR_PORT/metrics  (/livez /readyz; rollups in tally.usage_windows)
+  Stripe fake      http://127.0.0.1:$STRIPE_FAKE_PORT/v1/…  (any key sk_test_…; state in $STACK_DIR/stripe-fake.json)
   Enforcer         http://127.0.0.1:$ENFORCER_PORT/v1/check/rate  (/v1/check/users, /v1/check/storage, /v1/check,
                    /v1/tenants/{id}/limits; /livez /readyz /metrics; Envoy RLS gRPC on 127.0.0.1:8083)
 Environment for services and tests:  source $STACK_DIR/env

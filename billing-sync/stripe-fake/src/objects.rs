@@ -1,0 +1,146 @@
+//! The fake's stored objects and their JSON, shaped on Stripe's own examples
+//! (`../shared/stripe/fixtures3.json`): every field Stripe returns is present, with Stripe's
+//! types, so a client decoding real responses decodes these.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tally_schemas::Quantity;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Customer {
+    pub id: String,
+    pub created: i64,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Customer {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": "customer",
+            "address": null,
+            "balance": 0,
+            "created": self.created,
+            "currency": null,
+            "default_source": null,
+            "delinquent": false,
+            "description": null,
+            "discount": null,
+            "email": self.email,
+            "invoice_prefix": self.id.trim_start_matches("cus_").chars().take(8).collect::<String>().to_uppercase(),
+            "invoice_settings": {
+                "custom_fields": null,
+                "default_payment_method": null,
+                "footer": null,
+                "rendering_options": null
+            },
+            "livemode": false,
+            "metadata": self.metadata,
+            "name": self.name,
+            "next_invoice_sequence": 1,
+            "phone": null,
+            "preferred_locales": [],
+            "shipping": null,
+            "tax_exempt": "none",
+            "test_clock": null
+        })
+    }
+}
+
+/// How a meter combines its events' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Formula {
+    Sum,
+    Count,
+    Last,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meter {
+    pub id: String,
+    pub created: i64,
+    pub display_name: String,
+    pub event_name: String,
+    pub formula: Formula,
+    pub customer_payload_key: String,
+    pub value_payload_key: String,
+}
+
+impl Meter {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": "billing.meter",
+            "created": self.created,
+            "customer_mapping": { "event_payload_key": self.customer_payload_key, "type": "by_id" },
+            "default_aggregation": { "formula": self.formula },
+            "display_name": self.display_name,
+            "event_name": self.event_name,
+            "event_time_window": null,
+            "livemode": false,
+            "status": "active",
+            "status_transitions": { "deactivated_at": null },
+            "updated": self.created,
+            "value_settings": { "event_payload_key": self.value_payload_key }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeterEvent {
+    pub identifier: String,
+    pub event_name: String,
+    pub customer: String,
+    pub value: Quantity,
+    /// The payload as sent (string values), returned as it came.
+    pub payload: BTreeMap<String, String>,
+    pub timestamp: i64,
+    pub created: i64,
+}
+
+impl MeterEvent {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "object": "billing.meter_event",
+            "created": self.created,
+            "event_name": self.event_name,
+            "identifier": self.identifier,
+            "livemode": false,
+            "payload": self.payload,
+            "timestamp": self.timestamp
+        })
+    }
+}
+
+pub fn summary_json(id: &str, meter: &str, start: i64, end: i64, aggregated: f64) -> Value {
+    json!({
+        "id": id,
+        "object": "billing.meter_event_summary",
+        "aggregated_value": aggregated,
+        "end_time": end,
+        "livemode": false,
+        "meter": meter,
+        "start_time": start
+    })
+}
+
+pub fn list_json(url: &str, data: Vec<Value>) -> Value {
+    json!({ "object": "list", "data": data, "has_more": false, "url": url })
+}
+
+/// Stripe's error object.
+pub fn error_json(kind: &str, code: Option<&str>, message: &str, param: Option<&str>) -> Value {
+    let mut error = json!({ "type": kind, "message": message });
+    if let Some(code) = code {
+        error["code"] = json!(code);
+    }
+    if let Some(param) = param {
+        error["param"] = json!(param);
+    }
+    json!({ "error": error })
+}
