@@ -116,10 +116,10 @@ setup_schemas() {
 
 admin() { (cd "$ROOT" && cargo run --quiet -p tally-admin -- "$@"); }
 
-# start_service NAME PORT LISTEN_VARIABLE: builds tally-NAME and (re)starts it in the background
-# with its operations/API listener on 127.0.0.1:PORT, then waits until its /readyz answers.
+# start_service NAME PORT LISTEN_VARIABLE [HEALTH_PATH]: builds tally-NAME and (re)starts it in the
+# background with its listener on 127.0.0.1:PORT, then waits until HEALTH_PATH (/readyz) answers.
 start_service() {
-  local name=$1 port=$2 listen_var=$3
+  local name=$1 port=$2 listen_var=$3 health=${4:-/readyz}
   say "building tally-$name"
   (cd "$ROOT" && cargo build --quiet -p "tally-$name") || die "building tally-$name failed (see above)"
   local target
@@ -133,25 +133,7 @@ start_service() {
   env "$listen_var=127.0.0.1:$port" setsid nohup "$target/debug/tally-$name" \
     >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN_DIR/$name.pid"
-  wait_for "$name" 60 http_ok "http://127.0.0.1:$port/readyz" || die "$name did not become ready: see $LOG_DIR/$name.log"
-}
-
-# The Stripe fake (no machine here reaches Stripe), its state kept in .stack/stripe-fake.json.
-start_stripe_fake() {
-  say "building tally-stripe-fake"
-  (cd "$ROOT" && cargo build --quiet -p tally-stripe-fake) || die "building tally-stripe-fake failed (see above)"
-  local target
-  target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-  if pid_alive stripe-fake; then
-    kill -TERM "$(cat "$RUN_DIR/stripe-fake.pid")" 2>/dev/null || true
-    wait_for "the Stripe fake to stop" 20 bash -c "! kill -0 $(cat "$RUN_DIR/stripe-fake.pid") 2>/dev/null"
-  fi
-  refuse_taken_port stripe-fake "$STRIPE_FAKE_PORT"
-  setsid nohup "$target/debug/tally-stripe-fake" --listen "127.0.0.1:$STRIPE_FAKE_PORT" \
-    --state-file "$STACK_DIR/stripe-fake.json" >>"$LOG_DIR/stripe-fake.log" 2>&1 </dev/null &
-  echo $! >"$RUN_DIR/stripe-fake.pid"
-  wait_for "the Stripe fake" 60 http_ok "http://127.0.0.1:$STRIPE_FAKE_PORT/_fake/health" \
-    || die "the Stripe fake did not start: see $LOG_DIR/stripe-fake.log"
+  wait_for "$name" 60 http_ok "http://127.0.0.1:$port$health" || die "$name did not become ready: see $LOG_DIR/$name.log"
 }
 
 # A demo tenant of the platform's registry and an API key for it, made once.
@@ -231,7 +213,9 @@ main() {
   start_service ingest "$INGEST_PORT" TALLY_HTTP__LISTEN
   start_service aggregator "$AGGREGATOR_PORT" TALLY_AGGREGATOR__LISTEN
   start_service enforcer "$ENFORCER_PORT" TALLY_ENFORCER__LISTEN
-  start_stripe_fake
+  # The Stripe fake (no machine here reaches Stripe) keeps its state in .stack/stripe-fake.json.
+  TALLY_STRIPE_FAKE_STATE=$STACK_DIR/stripe-fake.json start_service stripe-fake "$STRIPE_FAKE_PORT" \
+    TALLY_STRIPE_FAKE_LISTEN /_fake/health
   seed_demo
   send_first_event || die "the first event was not accepted: see $LOG_DIR/ingest.log"
   show_counted
