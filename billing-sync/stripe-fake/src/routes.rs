@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -53,12 +54,20 @@ fn integer(raw: &str, param: &str) -> Result<i64, Refusal> {
     raw.parse().map_err(|_| invalid(Some("parameter_invalid_integer"), format!("Invalid integer: {raw}"), Some(param)))
 }
 
+/// The API key, sent as Stripe takes it: `Bearer <key>` or HTTP basic with the key as user name.
+fn secret_key(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    if let Some(key) = value.strip_prefix("Bearer ") {
+        return Some(key.to_owned());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(value.strip_prefix("Basic ")?).ok()?;
+    let user = String::from_utf8(decoded).ok()?;
+    Some(user.split(':').next().unwrap_or_default().to_owned())
+}
+
 pub async fn api(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let authorized = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|key| key.starts_with("sk_test_") && key.len() > "sk_test_".len());
+    let authorized =
+        secret_key(&headers).is_some_and(|key| key.starts_with("sk_test_") && key.len() > "sk_test_".len());
     if !authorized {
         return api_error(
             StatusCode::UNAUTHORIZED,

@@ -146,6 +146,17 @@ async fn stripes_rules_refuse_what_stripe_refuses() {
     let (customer, _meter) = meter_and_customer(&client).await;
     let unauthorized = client.http.get(format!("{}/v1/billing/meters", client.base)).send().await.unwrap();
     assert_eq!(unauthorized.status(), 401);
+    let live_key =
+        client.http.get(format!("{}/v1/billing/meters", client.base)).bearer_auth("sk_live_x").send().await.unwrap();
+    assert_eq!(live_key.status(), 401, "only test keys");
+    let basic = client
+        .http
+        .get(format!("{}/v1/billing/meters", client.base))
+        .basic_auth("sk_test_tally", None::<&str>)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), 200, "Stripe also takes the key as a basic-auth user name");
     let old = (chrono::Utc::now().timestamp() - 36 * 86_400).to_string();
     let ahead = (chrono::Utc::now().timestamp() + 600).to_string();
     for at in [old.as_str(), ahead.as_str()] {
