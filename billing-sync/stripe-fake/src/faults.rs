@@ -20,6 +20,8 @@ pub struct Faults {
     pub drop_percent: u8,
     /// Seed of the fault dice, so a test run can be repeated.
     pub seed: u64,
+    /// Latency added to every API request (a slow network), in milliseconds.
+    pub delay_ms: u64,
 }
 
 /// What happens to one request.

@@ -77,7 +77,13 @@ pub async fn api(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, header
         );
     }
     let now = chrono::Utc::now().timestamp();
-    let fate = fake.dice.lock().unwrap_or_else(std::sync::PoisonError::into_inner).fate();
+    let (fate, delay) = {
+        let mut dice = fake.dice.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (dice.fate(), dice.faults.delay_ms)
+    };
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     match fate {
         Fate::RateLimited => {
             return api_error(

@@ -208,3 +208,5 @@ async fn with_429s_500s_and_lost_answers_stripe_ends_equal_to_tally() {
     assert_eq!(pending, 0);
     world.drop().await;
 }
+
+mod chaos;
