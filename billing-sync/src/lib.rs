@@ -33,6 +33,8 @@ pub enum Mode {
     DryRun,
     /// Run every `[billing] interval_secs` until stopped.
     Daemon,
+    /// Print every difference between Tally's totals and Stripe's summaries over the last N days.
+    Parity(i64),
 }
 
 /// Connections for runs.
@@ -78,8 +80,28 @@ impl BillingSync {
         Ok((report, Vec::new()))
     }
 
+    /// The parity report over the last `days` days of settled windows: every (customer, meter,
+    /// window) where Stripe's summary differs from Tally's total.
+    pub async fn parity(&self, days: i64) -> anyhow::Result<Vec<sync::Difference>> {
+        let (_, end) = sync::range(&self.config.billing, Utc::now());
+        let start = end - days.max(1) * 86_400;
+        sync::parity(&self.pool, &self.clickhouse, &self.stripe, &self.config.billing, (start, end)).await
+    }
+
     /// Runs in `mode`; the error says whether any tenant's events did not reach Stripe.
     pub async fn run(&self, mode: Mode, stopping: CancellationToken) -> anyhow::Result<()> {
+        if let Mode::Parity(days) = mode {
+            let differences = self.parity(days).await?;
+            let mut out = std::io::stdout().lock();
+            for difference in &differences {
+                writeln!(out, "{}", serde_json::to_string(difference)?)?;
+            }
+            tracing::info!(differences = differences.len(), days, "parity report");
+            if differences.is_empty() {
+                return Ok(());
+            }
+            anyhow::bail!("{} windows differ between Tally and Stripe", differences.len());
+        }
         loop {
             let (report, planned) = self.run_once(mode == Mode::DryRun).await?;
             if mode == Mode::DryRun {

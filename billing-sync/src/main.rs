@@ -18,15 +18,20 @@ struct Cli {
     /// Print the meter events one run would send (JSON lines) and send nothing.
     #[arg(long, conflicts_with = "once")]
     dry_run: bool,
+    /// Compare Tally's totals with Stripe's meter summaries over the last DAYS days and print
+    /// every difference (exit 1 if any), e.g. before invoices close.
+    #[arg(long, value_name = "DAYS", conflicts_with_all = ["once", "dry_run"])]
+    parity: Option<i64>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mode = match (cli.once, cli.dry_run) {
-        (_, true) => Mode::DryRun,
-        (true, false) => Mode::Once,
-        (false, false) => Mode::Daemon,
+    let mode = match (cli.parity, cli.once, cli.dry_run) {
+        (Some(days), _, _) => Mode::Parity(days),
+        (None, _, true) => Mode::DryRun,
+        (None, true, false) => Mode::Once,
+        (None, false, false) => Mode::Daemon,
     };
     tally_kit::service::run("tally-billing-sync", cli.config.as_deref(), |config: BillingConfig, stopping| async move {
         BillingSync::new(config)?.run(mode, stopping).await

@@ -97,6 +97,53 @@ impl StripeClient {
     }
 }
 
+impl StripeClient {
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self.http.get(format!("{}{path}", self.base)).bearer_auth(self.key.expose()).send().await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            anyhow::bail!("stripe GET {path}: {status} {}", body["error"]["message"]);
+        }
+        Ok(body)
+    }
+
+    /// Meter ids by `event_name`.
+    pub async fn meters_by_event_name(&self) -> anyhow::Result<std::collections::HashMap<String, String>> {
+        let meters = self.get("/v1/billing/meters?limit=100").await?;
+        Ok(meters["data"]
+            .as_array()
+            .map(|data| {
+                data.iter()
+                    .filter_map(|m| Some((m["event_name"].as_str()?.to_owned(), m["id"].as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The meter's aggregated value per window for one customer over `[start, end)`.
+    pub async fn summaries(
+        &self,
+        meter: &str,
+        customer: &str,
+        start: i64,
+        end: i64,
+        window: crate::config::Window,
+    ) -> anyhow::Result<std::collections::HashMap<i64, f64>> {
+        let path = format!(
+            "/v1/billing/meters/{meter}/event_summaries?customer={customer}&start_time={start}&end_time={end}&value_grouping_window={}&limit=100",
+            window.granularity()
+        );
+        let summaries = self.get(&path).await?;
+        Ok(summaries["data"]
+            .as_array()
+            .map(|data| {
+                data.iter().filter_map(|s| Some((s["start_time"].as_i64()?, s["aggregated_value"].as_f64()?))).collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
 /// A factor in [0.1, 1) from the clock's nanoseconds: enough to spread retries apart.
 fn jitter() -> f64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());

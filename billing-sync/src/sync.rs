@@ -144,6 +144,74 @@ pub async fn plan(
     Ok(planned)
 }
 
+/// One (customer, meter, window) where Stripe's summary and Tally's total differ.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Difference {
+    pub tenant_id: String,
+    pub stripe_customer_id: String,
+    pub metric: String,
+    pub window_start: i64,
+    pub tally: f64,
+    pub stripe: f64,
+}
+
+/// Compares, per billed customer and meter, Tally's window totals with Stripe's meter event
+/// summaries over `[start, end)` (window-aligned) and lists every difference.
+pub async fn parity(
+    pool: &PgPool,
+    clickhouse: &clickhouse::Client,
+    stripe: &StripeClient,
+    settings: &BillingSection,
+    (start, end): (i64, i64),
+) -> anyhow::Result<Vec<Difference>> {
+    let customers: Vec<(String, String)> =
+        sqlx::query_as("SELECT tenant_id, stripe_customer_id FROM stripe_customers ORDER BY tenant_id")
+            .fetch_all(pool)
+            .await?;
+    let metrics: Vec<&str> = settings.meters.keys().map(String::as_str).collect();
+    let totals: Vec<Total> = clickhouse
+        .query(
+            "SELECT tenant_id, metric, toUInt32(window_start) AS window_start, total FROM usage_windows \
+             WHERE granularity = ? AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC') \
+             AND metric IN ?",
+        )
+        .bind(settings.window.granularity())
+        .bind(start)
+        .bind(end)
+        .bind(&metrics)
+        .fetch_all()
+        .await?;
+    let tally: HashMap<(String, String, i64), i128> =
+        totals.into_iter().map(|t| ((t.tenant_id, t.metric, i64::from(t.window_start)), t.total)).collect();
+    let meters = stripe.meters_by_event_name().await?;
+    let mut differences = Vec::new();
+    for (tenant, customer) in &customers {
+        for (metric, event_name) in &settings.meters {
+            let Some(meter) = meters.get(event_name) else {
+                anyhow::bail!("Stripe has no meter with event_name {event_name:?} (for metric {metric})");
+            };
+            let summaries = stripe.summaries(meter, customer, start, end, settings.window).await?;
+            let mut at = start;
+            while at < end {
+                let ours = tally.get(&(tenant.clone(), metric.clone(), at)).copied().unwrap_or(0) as f64 / 1e9;
+                let theirs = summaries.get(&at).copied().unwrap_or(0.0);
+                if (ours - theirs).abs() > 1e-9 * ours.abs().max(1.0) {
+                    differences.push(Difference {
+                        tenant_id: tenant.clone(),
+                        stripe_customer_id: customer.clone(),
+                        metric: metric.clone(),
+                        window_start: at,
+                        tally: ours,
+                        stripe: theirs,
+                    });
+                }
+                at += settings.window.seconds();
+            }
+        }
+    }
+    Ok(differences)
+}
+
 /// Sends the planned events, `concurrency` at a time; each is written to the ledger as pending
 /// first and marked acknowledged once Stripe has it. One event's failure stops nothing else.
 pub async fn send(

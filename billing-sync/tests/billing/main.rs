@@ -152,13 +152,18 @@ async fn totals_reach_the_right_customers_once_and_a_late_event_sends_the_differ
     let (rerun, _) = sync.run_once(false).await.unwrap();
     assert_eq!((rerun.planned, rerun.sent), (0, 0), "a rerun sends nothing new");
 
+    assert_eq!(sync.parity(2).await.unwrap(), Vec::new(), "Stripe equals Tally");
     world.usage("acme", "api_calls", 3, 5).await;
+    let differences = sync.parity(2).await.unwrap();
+    assert_eq!(differences.len(), 1, "{differences:?}");
+    assert_eq!((differences[0].tally, differences[0].stripe), (105.0, 100.0));
     let (dry, planned) = sync.run_once(true).await.unwrap();
     assert_eq!((dry.planned, planned[0].value.as_str(), planned[0].seq), (1, "5", 1));
     assert_eq!(world.stripe_total(&acme, "api_calls").await, 150.0, "a dry run sends nothing");
     let (late, _) = sync.run_once(false).await.unwrap();
     assert_eq!(late.sent, 1);
     assert_eq!(world.stripe_total(&acme, "api_calls").await, 155.0, "exactly the missing difference");
+    assert_eq!(sync.parity(2).await.unwrap(), Vec::new());
     world.drop().await;
 }
 
