@@ -195,6 +195,53 @@ PY
   say "enforcer: $answer"
 }
 
+# stripe_fake_api METHOD PATH [key=value ...]: one call to the local Stripe fake; prints the JSON.
+stripe_fake_api() {
+  python3 - "http://127.0.0.1:$STRIPE_FAKE_PORT" "$@" <<'PY'
+import json, sys, urllib.parse, urllib.request
+base, method, path, *pairs = sys.argv[1:]
+data = urllib.parse.urlencode([tuple(p.split("=", 1)) for p in pairs]).encode() if pairs else None
+request = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={"Authorization": "Bearer sk_test_local"})
+with urllib.request.urlopen(request, timeout=5) as response:
+    print(response.read().decode())
+PY
+}
+
+# json_field EXPRESSION: prints EXPRESSION evaluated on the JSON read from stdin as `d`.
+json_field() { python3 -c "import json, sys; d = json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+
+# Bills the demo tenant: its meters and customer in the Stripe fake (made once), one
+# billing-sync run that includes the open hour (later runs send the rest as corrections), and
+# what the fake's meter summary shows for the customer.
+sync_billing() {
+  local psql_tally=(psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d tally -tAq)
+  local meters customer meter start end total
+  meters=$(stripe_fake_api GET /v1/billing/meters) || die "the Stripe fake did not answer: see $LOG_DIR/stripe-fake.log"
+  for name in api_calls compute_seconds; do
+    if ! grep -q "\"event_name\":\"$name\"" <<<"$meters"; then
+      stripe_fake_api POST /v1/billing/meters "display_name=$name" "event_name=$name" \
+        "default_aggregation[formula]=sum" >/dev/null || die "creating the $name meter failed"
+    fi
+  done
+  customer=$(PGPASSWORD=$POSTGRES_PASSWORD "${psql_tally[@]}" -c "SELECT stripe_customer_id FROM stripe_customers WHERE tenant_id = 'demo'")
+  if [ -z "$customer" ]; then
+    customer=$(stripe_fake_api POST /v1/customers "name=Demo tenant" "metadata[tenant_id]=demo" | json_field "d['id']") \
+      || die "creating the demo customer failed"
+    PGPASSWORD=$POSTGRES_PASSWORD "${psql_tally[@]}" \
+      -c "INSERT INTO stripe_customers (tenant_id, stripe_customer_id) VALUES ('demo', '$customer')" \
+      || die "cannot record the demo tenant's Stripe customer"
+  fi
+  say "building and running tally-billing-sync --once"
+  (cd "$ROOT" && TALLY_BILLING__SETTLE_MINUTES=-60 cargo run --quiet -p tally-billing-sync -- --once) \
+    >>"$LOG_DIR/billing-sync.log" 2>&1 || die "billing-sync failed: see $LOG_DIR/billing-sync.log"
+  meter=$(stripe_fake_api GET /v1/billing/meters | json_field "[m['id'] for m in d['data'] if m['event_name'] == 'api_calls'][0]")
+  end=$(( ($(date +%s) / 3600 + 1) * 3600 )); start=$(( end - 3 * 86400 ))
+  total=$(stripe_fake_api GET "/v1/billing/meters/$meter/event_summaries?customer=$customer&start_time=$start&end_time=$end" \
+    | json_field "d['data'][0]['aggregated_value']") || die "reading the demo customer's meter summary failed"
+  say "Stripe fake: customer $customer has $total api_calls on meter $meter (last 3 days)"
+}
+
 main() {
   mkdir -p "$LOG_DIR" "$RUN_DIR" "$TOOLS_DIR"
   install_noida
@@ -220,6 +267,7 @@ main() {
   send_first_event || die "the first event was not accepted: see $LOG_DIR/ingest.log"
   show_counted
   show_enforced
+  sync_billing
   cat <<DONE
 
 Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
