@@ -117,6 +117,7 @@ impl BillingSync {
                 tenants_without_customer = report.tenants_without_customer,
                 over_billed_windows = report.over_billed_windows,
                 failed_tenants = report.failures.len(),
+                oldest_unsynced_lag_secs = report.oldest_unsynced_lag_secs,
                 "billing sync run finished"
             );
             for (tenant, errors) in &report.failures {

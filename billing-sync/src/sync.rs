@@ -51,6 +51,9 @@ pub struct Report {
     pub over_billed_windows: usize,
     /// tenant → the errors of its events that did not reach Stripe.
     pub failures: BTreeMap<String, Vec<String>>,
+    /// Seconds since the end of the oldest window this run had to send something for (0 when
+    /// nothing was missing): how far behind Stripe is.
+    pub oldest_unsynced_lag_secs: i64,
 }
 
 /// The windows a run covers: settled ones inside Stripe's 35-day limit.
@@ -141,6 +144,11 @@ pub async fn plan(
     }
     report.tenants_without_customer = without_customer.len();
     report.planned = planned.len();
+    report.oldest_unsynced_lag_secs = planned
+        .iter()
+        .map(|p| p.window_start + settings.window.seconds())
+        .min()
+        .map_or(0, |end| (now.timestamp() - end).max(0));
     Ok(planned)
 }
 
@@ -222,6 +230,11 @@ pub async fn send(
     report: &mut Report,
 ) {
     let pool = Arc::new(pool.clone());
+    // Drawn only on an interactive terminal (indicatif hides it otherwise): long catch-up runs.
+    let progress = indicatif::ProgressBar::new(planned.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} meter events, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let outcomes = futures_util::stream::iter(planned)
         .map(|item| {
             let pool = Arc::clone(&pool);
@@ -231,8 +244,10 @@ pub async fn send(
             }
         })
         .buffer_unordered(concurrency.max(1))
+        .inspect(|_| progress.inc(1))
         .collect::<Vec<_>>()
         .await;
+    progress.finish_and_clear();
     for (item, outcome) in outcomes {
         match outcome {
             Ok(()) if item.resend => report.resent += 1,

@@ -144,6 +144,10 @@ async fn totals_reach_the_right_customers_once_and_a_late_event_sends_the_differ
     let sync = world.sync();
     let (report, _) = sync.run_once(false).await.unwrap();
     assert_eq!((report.planned, report.sent, report.tenants_without_customer), (4, 4, 1), "{report:?}");
+    assert!(
+        (7_200..3 * 3_600).contains(&report.oldest_unsynced_lag_secs),
+        "the 3-hours-ago window ended 2 h ago: {report:?}"
+    );
     assert!(report.failures.is_empty());
     assert_eq!(world.stripe_total(&acme, "api_calls").await, 150.0);
     assert_eq!(world.stripe_total(&acme, "compute_seconds").await, 7.0);
