@@ -24,6 +24,28 @@ struct Total {
     total: i128,
 }
 
+/// Tally's total per (tenant, billable metric, window) over `[start, end)`, from the rollups.
+async fn totals(
+    clickhouse: &clickhouse::Client,
+    settings: &BillingSection,
+    start: i64,
+    end: i64,
+) -> clickhouse::error::Result<Vec<Total>> {
+    let metrics: Vec<&str> = settings.meters.keys().map(String::as_str).collect();
+    clickhouse
+        .query(
+            "SELECT tenant_id, metric, toUInt32(window_start) AS window_start, total FROM usage_windows \
+             WHERE granularity = ? AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC') \
+             AND metric IN ? ORDER BY tenant_id, metric, window_start",
+        )
+        .bind(settings.window.granularity())
+        .bind(start)
+        .bind(end)
+        .bind(&metrics)
+        .fetch_all()
+        .await
+}
+
 /// One meter event to send, with the ledger key it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Planned {
@@ -79,19 +101,7 @@ pub async fn plan(
             .await?
             .into_iter()
             .collect();
-    let metrics: Vec<&str> = settings.meters.keys().map(String::as_str).collect();
-    let totals: Vec<Total> = clickhouse
-        .query(
-            "SELECT tenant_id, metric, toUInt32(window_start) AS window_start, total FROM usage_windows \
-             WHERE granularity = ? AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC') \
-             AND metric IN ? ORDER BY tenant_id, metric, window_start",
-        )
-        .bind(settings.window.granularity())
-        .bind(start)
-        .bind(end)
-        .bind(&metrics)
-        .fetch_all()
-        .await?;
+    let totals = totals(clickhouse, settings, start, end).await?;
     let since = DateTime::from_timestamp(start, 0).unwrap_or_default();
     let ledger = ledger::load(pool, since).await?;
     let mut planned = Vec::new();
@@ -176,19 +186,7 @@ pub async fn parity(
         sqlx::query_as("SELECT tenant_id, stripe_customer_id FROM stripe_customers ORDER BY tenant_id")
             .fetch_all(pool)
             .await?;
-    let metrics: Vec<&str> = settings.meters.keys().map(String::as_str).collect();
-    let totals: Vec<Total> = clickhouse
-        .query(
-            "SELECT tenant_id, metric, toUInt32(window_start) AS window_start, total FROM usage_windows \
-             WHERE granularity = ? AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC') \
-             AND metric IN ?",
-        )
-        .bind(settings.window.granularity())
-        .bind(start)
-        .bind(end)
-        .bind(&metrics)
-        .fetch_all()
-        .await?;
+    let totals = totals(clickhouse, settings, start, end).await?;
     let tally: HashMap<(String, String, i64), i128> =
         totals.into_iter().map(|t| ((t.tenant_id, t.metric, i64::from(t.window_start)), t.total)).collect();
     let meters = stripe.meters_by_event_name().await?;

@@ -19,6 +19,31 @@ pub trait ServiceConfig: DeserializeOwned {
 /// Exit code for a configuration that does not load (the process could not start).
 pub const EXIT_CONFIG: u8 = 2;
 
+/// The whole `main` of a service whose only flag is `--config FILE` (or `TALLY_CONFIG`): parses
+/// the command line, then [`run`]s.
+pub async fn main<C, F, Fut, E>(name: &'static str, about: &'static str, service: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let matches = clap::Command::new(name)
+        .about(about)
+        .version(env!("CARGO_PKG_VERSION"))
+        .arg(
+            clap::Arg::new("config")
+                .long("config")
+                .env("TALLY_CONFIG")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(std::path::PathBuf))
+                .help("TOML config file; TALLY_<SECTION>__<KEY> environment variables override it"),
+        )
+        .get_matches();
+    let config_file = matches.get_one::<std::path::PathBuf>("config");
+    run(name, config_file.map(std::path::PathBuf::as_path), service).await
+}
+
 /// Loads `C` from `config_file` and the environment, then runs `service` until it returns.
 pub async fn run<C, F, Fut, E>(name: &str, config_file: Option<&Path>, service: F) -> ExitCode
 where
