@@ -132,7 +132,7 @@ impl Checks {
             self.registry.with(tenant, |found| match status_denial(kind, found.map(|(_, entry)| entry)) {
                 Some(denied) => Err(Box::new(denied)),
                 None => found
-                    .map(|(_, entry)| entry.limits)
+                    .map(|(_, entry)| *entry.limits)
                     .ok_or_else(|| Box::new(Decision::new(kind, false, Reason::UnknownTenant))),
             });
         let limits = match found {

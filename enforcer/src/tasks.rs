@@ -34,7 +34,7 @@ pub async fn refresh_usage(checks: Arc<Checks>, client: Client, http: reqwest::C
 
 fn alert_storage(checks: &Checks, http: &reqwest::Client) {
     for (tenant, usage) in checks.usage.snapshot() {
-        let cap = checks.registry.with(&tenant, |found| found.map(|(_, entry)| entry.limits));
+        let cap = checks.registry.with(&tenant, |found| found.map(|(_, entry)| *entry.limits));
         let Some(limits) = cap else { continue };
         let (Some(alert_at), Limit::Capped(cap)) = (limits.storage_alert_bytes(), limits.max_storage_bytes) else {
             continue;
