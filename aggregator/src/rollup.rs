@@ -128,19 +128,10 @@ pub fn rollup<'a>(events: impl IntoIterator<Item = &'a UsageEvent>, catalogue: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_schemas::{EventId, MetricDef, MetricName, Quantity, TenantId};
+    use tally_schemas::{EventId, MetricName, Quantity, TenantId};
 
     fn catalogue() -> MetricCatalogue {
-        let mut raw: BTreeMap<String, MetricDef> = MetricCatalogue::default().into();
-        let def = MetricDef {
-            kind: MetricKind::Unique,
-            unit: "users".to_owned(),
-            description: String::new(),
-            distinct_by: Some("user_id".to_owned()),
-            max_value: None,
-        };
-        raw.insert("distinct_users".to_owned(), def);
-        MetricCatalogue::try_from(raw).unwrap()
+        tally_testkit::catalogue_with_unique()
     }
 
     fn event(id: &str, metric: &str, value: i64, at: &str, user: Option<&str>) -> UsageEvent {

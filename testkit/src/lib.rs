@@ -207,3 +207,19 @@ impl TestPostgres {
         }
     }
 }
+
+/// The default metric catalogue plus `distinct_users`, a unique metric counting distinct
+/// `user_id` attributes (the catalogue tests with every metric kind use).
+pub fn catalogue_with_unique() -> tally_schemas::MetricCatalogue {
+    use tally_schemas::{MetricCatalogue, MetricDef, MetricKind};
+    let mut raw: std::collections::BTreeMap<String, MetricDef> = MetricCatalogue::default().into();
+    let def = MetricDef {
+        kind: MetricKind::Unique,
+        unit: "users".to_owned(),
+        description: String::new(),
+        distinct_by: Some("user_id".to_owned()),
+        max_value: None,
+    };
+    raw.insert("distinct_users".to_owned(), def);
+    MetricCatalogue::try_from(raw).unwrap_or_else(|e| panic!("the test catalogue is valid: {e}"))
+}

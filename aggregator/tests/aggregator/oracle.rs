@@ -4,20 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, TimeDelta, TimeZone, Utc};
-use tally_schemas::{EventId, MetricCatalogue, MetricDef, MetricKind, MetricName, Quantity, TenantId, UsageEvent};
+use tally_schemas::{EventId, MetricCatalogue, MetricName, Quantity, TenantId, UsageEvent};
 
 /// The default catalogue plus a unique metric counting distinct `user_id`s.
 pub fn catalogue() -> MetricCatalogue {
-    let mut raw: BTreeMap<String, MetricDef> = MetricCatalogue::default().into();
-    let def = MetricDef {
-        kind: MetricKind::Unique,
-        unit: "users".to_owned(),
-        description: String::new(),
-        distinct_by: Some("user_id".to_owned()),
-        max_value: None,
-    };
-    raw.insert("distinct_users".to_owned(), def);
-    MetricCatalogue::try_from(raw).unwrap()
+    tally_testkit::catalogue_with_unique()
 }
 
 /// One window's expected figures.
