@@ -6,8 +6,10 @@
 //! (defaults 1000000 2000000 5 32).
 //! * In process, one thread, TENANTS tenants with STANDARD limits (100/s, burst 200), CHECKS checks
 //!   on tenants in a fixed pseudo-random order: Tally's `Checks::rate` (registry lookup + the
-//!   quota's keyed governor limiter), a bare keyed `governor` limiter with the same quota, and
-//!   `limitador` (in-memory, one limit of 200 per second keyed by tenant).
+//!   quota's keyed governor limiter on the tenant's inline state), a bare keyed `governor`
+//!   limiter with the same quota (asked with the same tenant id strings, every tenant's state
+//!   created before the clock starts, as Tally's registry is), and `limitador` (in-memory, one
+//!   limit of 200 per second keyed by tenant). `TALLY_BENCH_SIDE=in-process` stops here.
 //! * Memory: bytes allocated per tenant in the registry and limiter, counted by the allocator,
 //!   idle (registered, never checked) and after every tenant was checked.
 //! * Over HTTP on loopback: 4, then CLIENTS concurrent clients in this process for SECONDS against the
@@ -104,13 +106,17 @@ fn in_process(tenants: usize, checks_count: usize) {
     let tally_ns = ns_per(started, checks_count);
     let state_bytes = live() - before_state;
 
-    let keys: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
+    // Asked with the same tenant id strings as Tally, and like Tally's registry holding its own
+    // copy of every tenant's key before the clock starts (one untimed check each).
     let quota = Quota::per_second(NonZeroU32::new(100).unwrap()).allow_burst(NonZeroU32::new(200).unwrap());
-    let bare: DefaultKeyedRateLimiter<Arc<str>> = DefaultKeyedRateLimiter::dashmap(quota);
+    let bare: DefaultKeyedRateLimiter<String> = DefaultKeyedRateLimiter::dashmap(quota);
+    for name in &names {
+        let _ = bare.check_key(name);
+    }
     let started = Instant::now();
     let mut bare_allowed = 0usize;
     for &n in &walk {
-        bare_allowed += usize::from(bare.check_key(&keys[n]).is_ok());
+        bare_allowed += usize::from(bare.check_key(&names[n]).is_ok());
     }
     let governor_ns = ns_per(started, checks_count);
 
@@ -241,6 +247,8 @@ fn main() {
         let _entered = runtime.enter();
         in_process(tenants, checks);
     }
-    runtime.block_on(over_http(tenants, seconds, clients));
+    if std::env::var("TALLY_BENCH_SIDE").as_deref() != Ok("in-process") {
+        runtime.block_on(over_http(tenants, seconds, clients));
+    }
     println!("peak RSS of the bench process: {:.0} MiB", peak_rss_mib());
 }

@@ -95,9 +95,10 @@ impl Checks {
                 return denied;
             }
             let Some((_, entry)) = found else { return Decision::new(Kind::Rate, false, Reason::UnknownTenant) };
-            let Some(limiter) = &entry.limiter else { return Decision::new(Kind::Rate, true, Reason::Unlimited) };
-            let burst = u64::from(limiter.quota.burst.get());
-            let per_second = u64::from(limiter.quota.per_second.get());
+            let Some(limiter) = &entry.rate else { return Decision::new(Kind::Rate, true, Reason::Unlimited) };
+            let quota = limiter.quota();
+            let burst = u64::from(quota.burst.get());
+            let per_second = u64::from(quota.per_second.get());
             let (mut decision, remaining) = match limiter.check(cost) {
                 RateOutcome::Allowed { remaining } => {
                     (Decision::new(Kind::Rate, true, Reason::Ok), u64::from(remaining))

@@ -13,9 +13,7 @@ use sqlx::postgres::PgListener;
 use tally_schemas::tiers::{Limit, LimitOverrides, Limits, RateLimit, RateQuota, Tier, TierDefaults};
 use tokio_util::sync::CancellationToken;
 
-use governor::clock::MonotonicClock;
-
-use crate::rate::{TenantKey, TenantRate};
+use crate::rate::{Limiters, TenantKey, TenantRate};
 
 /// The notification channel the registry listens on.
 pub const CHANNEL: &str = "tally_tenant_changed";
@@ -36,8 +34,8 @@ pub struct TenantEntry {
     /// Boxed: only reservations and views read it, and a small map slot keeps the rate check's
     /// lookup to fewer cache lines at a million tenants.
     pub limits: Box<Limits>,
-    /// The tenant's rate limiter; `None` when its rate is unlimited.
-    pub limiter: Option<TenantRate>,
+    /// The tenant's rate state on its quota's limiter; `None` when its rate is unlimited.
+    pub rate: Option<TenantRate>,
 }
 
 type Row = (String, String, String, Option<i64>, Option<i64>, Option<i32>, Option<i32>);
@@ -48,7 +46,7 @@ const SELECT: &str = "SELECT id, status, tier, max_users, max_storage_bytes, rat
 #[derive(Debug)]
 pub struct Registry {
     tenants: RwLock<HashMap<TenantKey, TenantEntry>>,
-    clock: MonotonicClock,
+    limiters: Limiters,
     tiers: TierDefaults,
     started: Instant,
     /// Milliseconds after `started` of the last full load or notification-backed update.
@@ -83,7 +81,7 @@ impl Registry {
     pub fn new(tiers: TierDefaults) -> Self {
         Self {
             tenants: RwLock::new(HashMap::new()),
-            clock: MonotonicClock,
+            limiters: Limiters::default(),
             tiers,
             started: Instant::now(),
             synced_ms: AtomicU64::new(u64::MAX),
@@ -102,15 +100,15 @@ impl Registry {
     }
 
     fn make_entry(&self, status: Status, tier: Tier, limits: Limits) -> TenantEntry {
-        let limiter = match limits.rate {
-            RateLimit::Quota(quota) => Some(TenantRate::new(quota, &self.clock)),
+        let rate = match limits.rate {
+            RateLimit::Quota(quota) => Some(self.limiters.tenant(quota)),
             RateLimit::Unlimited => None,
         };
-        TenantEntry { status, tier, limits: Box::new(limits), limiter }
+        TenantEntry { status, tier, limits: Box::new(limits), rate }
     }
 
-    /// Puts `entry` in `tenants`, keeping the old entry's limiter (and its state) if the quota
-    /// did not change, so a reload does not refill anyone's bucket.
+    /// Puts `entry` in `tenants`, keeping the old entry's rate state if the quota did not
+    /// change, so a reload does not refill anyone's bucket.
     fn put(
         tenants: &mut HashMap<TenantKey, TenantEntry>,
         previous: Option<TenantEntry>,
@@ -120,7 +118,7 @@ impl Registry {
         if let Some(previous) = previous
             && previous.limits.rate == entry.limits.rate
         {
-            entry.limiter = previous.limiter;
+            entry.rate = previous.rate;
         }
         tenants.insert(key, entry);
     }
@@ -192,6 +190,8 @@ impl Registry {
             Self::put(&mut tenants, old, key, entry);
         }
         drop(tenants);
+        drop(previous);
+        self.limiters.prune();
         self.mark_synced();
         Ok(count)
     }
