@@ -32,6 +32,10 @@ use tokio_util::sync::CancellationToken;
 
 const TENANTS: usize = 1_000;
 
+// The same allocator as the `tally-aggregator` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn event(round: usize, i: usize, now: chrono::DateTime<Utc>) -> UsageEvent {
     let metric = ["api_calls", "compute_seconds", "storage_bytes"][i % 3];
     UsageEvent {
@@ -105,7 +109,7 @@ async fn bare_insert(ch: &TestClickHouse, events: &[UsageEvent], batch_size: usi
             events: chunk.iter().enumerate().map(|(i, e)| ((n * batch_size + i) as u64, e.clone())).collect(),
             ..batch::Decoded::default()
         };
-        batches.push(batch::assemble(&plan, &decoded, &Default::default(), &catalogue).events);
+        batches.push(batch::assemble(&plan, decoded.events, &Default::default(), &catalogue).events);
     }
     let started = Instant::now();
     for rows in &batches {

@@ -85,13 +85,13 @@ pub struct Decoded {
 pub fn decode(plan: &Plan, messages: &[Message], catalogue: &MetricCatalogue) -> Decoded {
     let ctx = ValidationContext::new(catalogue, plan.decided_at());
     let mut decoded = Decoded::default();
-    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut valid: Vec<(u64, UsageEvent)> = Vec::with_capacity(messages.len());
     for message in messages.iter().filter(|m| plan.covers(m.offset)) {
-        let key = message.key.clone().unwrap_or_default();
+        let key = message.key.as_deref().unwrap_or_default();
         let payload = message.payload.as_deref().unwrap_or_default();
         let refuse = |reason: &'static str, detail: String| DeadLetter {
             offset: message.offset,
-            key: key.clone(),
+            key: key.to_vec(),
             payload: payload.to_vec(),
             reason,
             detail,
@@ -110,23 +110,24 @@ pub fn decode(plan: &Plan, messages: &[Message], catalogue: &MetricCatalogue) ->
                     "key_mismatch",
                     format!(
                         "message key {:?} is not the event's tenant {:?}: usage events must be keyed by tenant id",
-                        String::from_utf8_lossy(&key),
+                        String::from_utf8_lossy(key),
                         event.tenant_id.as_str()
                     ),
                 ))
             }
         });
         match event {
-            Ok(event) => {
-                if seen.insert((event.tenant_id.as_str().to_owned(), event.id.as_str().to_owned())) {
-                    decoded.events.push((message.offset, event));
-                } else {
-                    decoded.duplicates_in_batch += 1;
-                }
-            }
+            Ok(event) => valid.push((message.offset, event)),
             Err(dead_letter) => decoded.dead_letters.push(dead_letter),
         }
     }
+    let first_occurrence: Vec<bool> = {
+        let mut seen: HashSet<(&str, &str)> = HashSet::with_capacity(valid.len());
+        valid.iter().map(|(_, event)| seen.insert((event.tenant_id.as_str(), event.id.as_str()))).collect()
+    };
+    decoded.duplicates_in_batch = first_occurrence.iter().filter(|first| !**first).count() as u64;
+    decoded.events =
+        valid.into_iter().zip(first_occurrence).filter_map(|(event, first)| first.then_some(event)).collect();
     decoded
 }
 
@@ -167,18 +168,19 @@ pub struct Rows {
     pub late: u64,
 }
 
-/// The rows of a decoded batch, leaving out the (tenant, id) pairs `counted_before` holds.
+/// The rows of a decoded batch's `events`, leaving out the (tenant, id) pairs `counted_before`
+/// holds. Takes the events by value: their strings move into the rows instead of being copied.
 pub fn assemble(
     plan: &Plan,
-    decoded: &Decoded,
+    events: Vec<(u64, UsageEvent)>,
     counted_before: &HashSet<(String, String)>,
     catalogue: &MetricCatalogue,
 ) -> Rows {
     let decided_at = plan.decided_at();
     let received_at = u32::try_from(decided_at.timestamp()).unwrap_or(0);
     let mut rows = Rows::default();
-    let mut counted: Vec<&UsageEvent> = Vec::with_capacity(decoded.events.len());
-    for (offset, event) in &decoded.events {
+    let mut counted: Vec<(u64, UsageEvent)> = Vec::with_capacity(events.len());
+    for (offset, event) in events {
         let pair = (event.tenant_id.as_str().to_owned(), event.id.as_str().to_owned());
         if counted_before.contains(&pair) {
             rows.duplicates_before += 1;
@@ -192,23 +194,26 @@ pub fn assemble(
             event_id: pair.1,
             received_at,
             kafka_partition: plan.kafka_partition,
-            kafka_offset: *offset,
+            kafka_offset: offset,
         });
-        rows.events.push(EventRow {
-            tenant_id: event.tenant_id.as_str().to_owned(),
-            event_id: event.id.as_str().to_owned(),
-            metric: event.metric.as_str().to_owned(),
+        counted.push((offset, event));
+    }
+    rows.rollups = rollup(counted.iter().map(|(_, event)| event), catalogue);
+    rows.events = counted
+        .into_iter()
+        .map(|(offset, event)| EventRow {
             value: event.value.units(),
             timestamp: event.timestamp.timestamp_nanos_opt().unwrap_or(i64::MAX),
-            source: event.source.clone(),
-            attributes: event.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            tenant_id: String::from(event.tenant_id),
+            event_id: String::from(event.id),
+            metric: String::from(event.metric),
+            source: event.source,
+            attributes: event.attributes.into_iter().collect(),
             ingested_at: plan.decided_at,
             kafka_partition: plan.kafka_partition,
-            kafka_offset: *offset,
-        });
-        counted.push(event);
-    }
-    rows.rollups = rollup(counted, catalogue);
+            kafka_offset: offset,
+        })
+        .collect();
     rows
 }
 

@@ -75,11 +75,11 @@ fn assembling_leaves_out_pairs_counted_before_and_is_deterministic() {
     let plan = plan(13, now);
     let decoded = decode(&plan, &messages, &catalogue);
     let before: HashSet<(String, String)> = [("acme".to_owned(), "e1".to_owned())].into();
-    let rows = assemble(&plan, &decoded, &before, &catalogue);
+    let rows = assemble(&plan, decoded.events, &before, &catalogue);
     assert_eq!(rows.events.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), vec!["e0", "e2", "e3"]);
     assert_eq!((rows.duplicates_before, rows.late), (1, 3));
     assert_eq!(rows.ids.iter().map(|r| r.kafka_offset).collect::<Vec<_>>(), vec![10, 12, 13]);
-    let again = assemble(&plan, &decode(&plan, &messages, &catalogue), &before, &catalogue);
+    let again = assemble(&plan, decode(&plan, &messages, &catalogue).events, &before, &catalogue);
     assert_eq!((again.events, again.ids, again.rollups), (rows.events, rows.ids, rows.rollups));
     assert_eq!(plan.token(), "usage/2/10-13");
     assert_eq!(plan.plan_token(), "plan/usage/2/10");

@@ -170,7 +170,7 @@ impl BatchWriter {
             decoded.events.iter().map(|(_, event)| (event.tenant_id.as_str(), event.id.as_str())).collect();
         let counted_before = self.store.counted_before(&plan, &pairs).await.map_err(at("dedup_lookup"))?;
         let looked_up_at = started.elapsed();
-        let rows = batch::assemble(&plan, &decoded, &counted_before, &self.catalogue);
+        let rows = batch::assemble(&plan, decoded.events, &counted_before, &self.catalogue);
         self.store.store_rows(&plan, &rows).await.map_err(at("insert"))?;
         let inserted_at = started.elapsed();
         self.dead_letter(&plan, &decoded.dead_letters).await?;

@@ -78,7 +78,7 @@ async fn a_half_written_batch_is_replayed_exactly() {
     assert_eq!(store.settle_plan(&plan).await.unwrap(), plan);
     let catalogue = oracle::catalogue();
     let decoded = batch::decode(&plan, &messages, &catalogue);
-    let rows = batch::assemble(&plan, &decoded, &Default::default(), &catalogue);
+    let rows = batch::assemble(&plan, decoded.events, &Default::default(), &catalogue);
     let partial = batch::Rows { ids: Vec::new(), rollups: Vec::new(), ..rows };
     store.store_rows(&plan, &partial).await.unwrap();
     assert!(harness.counted().await > 0);
