@@ -100,26 +100,28 @@ impl Publisher {
         payload: &[u8],
         headers: &[(&str, &[u8])],
     ) -> Result<Pending, PublishError> {
-        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-        for (name, value) in headers {
-            owned = owned.insert(Header { key: name, value: Some(*value) });
-        }
-        let producer = self.current();
-        let record = FutureRecord::to(topic).key(key).payload(payload).headers(owned.clone());
-        let record = match producer.send_result(record) {
-            Ok(delivery) => return Ok(Pending(delivery)),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                return Err(PublishError::QueueFull);
+        let record = || {
+            let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+            for (name, value) in headers {
+                owned = owned.insert(Header { key: name, value: Some(*value) });
             }
-            Err((error, _)) if producer.client().fatal_error().is_none() => {
-                return Err(PublishError::NotAcknowledged(error));
-            }
-            Err(_fatal) => {
-                self.replace(&producer).map_err(PublishError::NotAcknowledged)?;
-                FutureRecord::to(topic).key(key).payload(payload).headers(owned)
+            FutureRecord::to(topic).key(key).payload(payload).headers(owned)
+        };
+        let failed = {
+            let producer = self.producer.read().unwrap_or_else(PoisonError::into_inner);
+            match producer.send_result(record()) {
+                Ok(delivery) => return Ok(Pending(delivery)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    return Err(PublishError::QueueFull);
+                }
+                Err((error, _)) if producer.client().fatal_error().is_none() => {
+                    return Err(PublishError::NotAcknowledged(error));
+                }
+                Err(_fatal) => producer.clone(),
             }
         };
-        match self.current().send_result(record) {
+        self.replace(&failed).map_err(PublishError::NotAcknowledged)?;
+        match self.current().send_result(record()) {
             Ok(delivery) => Ok(Pending(delivery)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
             Err((error, _)) => Err(PublishError::NotAcknowledged(error)),
