@@ -9,10 +9,13 @@
 //!   aggregator's consumer does before any processing);
 //! * bare insert: the same events as `usage_events` rows, built beforehand, inserted through the
 //!   `clickhouse` crate (RowBinary) in inserts of the aggregator's batch size;
+//! * naive pipeline: consume, decode and insert the raw rows in batches, at least once (no plan,
+//!   dedup, rollups or checkpoint): the floor any Kafka → ClickHouse pipeline pays on this machine;
 //! * exactly-once: the aggregator, in this process, from a fresh consumer group until every
 //!   event is counted in ClickHouse (plans, dedup lookup, raw + ids + rollup inserts, checkpoints).
 //!
-//! Reports events/s, the ratio exactly-once / min(consume, insert) (goal ≥ 0.7) and peak RSS.
+//! Reports events/s, the ratio exactly-once / min(consume, insert) (goal ≥ 0.7), the ratio
+//! exactly-once / naive pipeline, and peak RSS.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -122,6 +125,63 @@ async fn bare_insert(ch: &TestClickHouse, events: &[UsageEvent], batch_size: usi
     events.len() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A naive at-least-once pipeline: consume, decode, insert the raw rows in batches (no plan, no
+/// dedup, no rollups, no checkpoint). What exactly-once costs on top of merely moving the events.
+async fn naive_pipeline(
+    kafka: &KafkaConfig,
+    topic: &str,
+    ch: &TestClickHouse,
+    expected: usize,
+    batch_size: usize,
+) -> f64 {
+    let consumer: StreamConsumer = tally_kit::kafka::client_config(kafka)
+        .set("group.id", unique_name("bench-naive"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let catalogue = std::sync::Arc::new(MetricCatalogue::default());
+    let started = Instant::now();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut inserts = Vec::new();
+    let (mut buffered, mut received): (Vec<Message>, usize) = (Vec::with_capacity(batch_size), 0);
+    while received < expected {
+        let message = consumer.recv().await.unwrap();
+        buffered.push(Message {
+            offset: received as u64,
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        });
+        received += 1;
+        if buffered.len() == batch_size || received == expected {
+            let (messages, client, catalogue) = (std::mem::take(&mut buffered), ch.client.clone(), catalogue.clone());
+            inserts.push(tokio::spawn(async move {
+                let plan = Plan {
+                    topic: "naive".to_owned(),
+                    kafka_partition: 0,
+                    first_offset: messages[0].offset,
+                    last_offset: messages[messages.len() - 1].offset,
+                    decided_at: Utc::now().timestamp_millis(),
+                    planned_by: "bench".to_owned(),
+                };
+                let decoded = batch::decode(&plan, &messages, &catalogue);
+                let rows = batch::assemble(&plan, decoded.events, &Default::default(), &catalogue).events;
+                let mut insert = client.insert::<batch::EventRow>("usage_events").await.unwrap();
+                for row in &rows {
+                    insert.write(row).await.unwrap();
+                }
+                insert.end().await.unwrap();
+            }));
+        }
+    }
+    for insert in inserts {
+        insert.await.unwrap();
+    }
+    let rate = expected as f64 / started.elapsed().as_secs_f64();
+    std::mem::forget(consumer);
+    rate
+}
+
 async fn exactly_once(
     kafka: &KafkaConfig,
     topics: &Topics,
@@ -171,7 +231,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let kafka = kafka_config();
-        let (mut consume, mut insert, mut eo) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut consume, mut insert, mut naive, mut eo) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 1..=rounds {
             let now = Utc::now();
             let batch: Vec<UsageEvent> = (0..events).map(|i| event(round, i, now)).collect();
@@ -185,27 +245,39 @@ fn main() {
             let bare_db = TestClickHouse::create().await;
             insert.push(bare_insert(&bare_db, &batch, batch_size).await);
             bare_db.drop_database().await;
+            let naive_db = TestClickHouse::create().await;
+            naive.push(naive_pipeline(&kafka, &topics.usage_events, &naive_db, events, batch_size).await);
+            naive_db.drop_database().await;
             let db = TestClickHouse::create().await;
             eo.push(exactly_once(&kafka, &topics, &db, events, batch_size).await);
             db.drop_database().await;
             println!(
-                "round {round}: bare consume {:>9.0} ev/s, bare insert {:>9.0} ev/s, exactly-once {:>9.0} ev/s",
+                "round {round}: bare consume {:>9.0} ev/s, bare insert {:>9.0} ev/s, naive pipeline {:>9.0} ev/s, \
+                 exactly-once {:>9.0} ev/s",
                 consume[round - 1],
                 insert[round - 1],
+                naive[round - 1],
                 eo[round - 1]
             );
         }
         let ratios: Vec<f64> = (0..rounds).map(|r| eo[r] / consume[r].min(insert[r])).collect();
+        let naive_ratios: Vec<f64> = (0..rounds).map(|r| eo[r] / naive[r]).collect();
         let (consume, insert, eo, ratio) = (spread(consume), spread(insert), spread(eo), spread(ratios));
+        let (naive, naive_ratio) = (spread(naive), spread(naive_ratios));
         println!(
             "events per round {events}, 6 partitions, batches of {batch_size}, {rounds} rounds (min / median / max)"
         );
         println!("bare consume:          {:.0} / {:.0} / {:.0} events/s", consume.0, consume.1, consume.2);
         println!("bare RowBinary insert: {:.0} / {:.0} / {:.0} events/s", insert.0, insert.1, insert.2);
+        println!("naive pipeline:        {:.0} / {:.0} / {:.0} events/s", naive.0, naive.1, naive.2);
         println!("exactly-once:          {:.0} / {:.0} / {:.0} events/s", eo.0, eo.1, eo.2);
         println!(
             "ratio exactly-once / slower baseline: {:.2} / {:.2} / {:.2} (goal >= 0.70)",
             ratio.0, ratio.1, ratio.2
+        );
+        println!(
+            "ratio exactly-once / naive pipeline: {:.2} / {:.2} / {:.2} (the price of exactly-once)",
+            naive_ratio.0, naive_ratio.1, naive_ratio.2
         );
         println!("peak RSS (bench process: aggregator + baselines + the events in memory): {:.0} MiB", peak_rss_mib());
     });
