@@ -29,7 +29,7 @@ use tally_aggregator::{Aggregator, AggregatorConfig};
 use tally_kit::config::{KafkaConfig, ProducerConfig};
 use tally_kit::producer::Publisher;
 use tally_schemas::{EventId, MetricCatalogue, MetricName, Quantity, TenantId, Topics, UsageEvent};
-use tally_testkit::bench::{arg, peak_rss_mib, spread};
+use tally_testkit::bench::{arg, peak_rss_mib, settle, spread};
 use tally_testkit::{TestClickHouse, kafka_config, unique_name};
 use tokio_util::sync::CancellationToken;
 
@@ -241,16 +241,22 @@ fn main() {
                 ..Topics::default()
             };
             fill(&kafka, &topics, &batch).await;
+            // Every phase starts with the broker and ClickHouse idle (see `settle`).
+            settle().await;
             consume.push(bare_consume(&kafka, &topics.usage_events, events).await);
             let bare_db = TestClickHouse::create().await;
+            settle().await;
             insert.push(bare_insert(&bare_db, &batch, batch_size).await);
             bare_db.drop_database().await;
             let naive_db = TestClickHouse::create().await;
+            settle().await;
             naive.push(naive_pipeline(&kafka, &topics.usage_events, &naive_db, events, batch_size).await);
             naive_db.drop_database().await;
             let db = TestClickHouse::create().await;
+            settle().await;
             eo.push(exactly_once(&kafka, &topics, &db, events, batch_size).await);
             db.drop_database().await;
+            tally_testkit::delete_topics(&kafka, &[&topics.usage_events, &topics.dead_letter]).await;
             println!(
                 "round {round}: bare consume {:>9.0} ev/s, bare insert {:>9.0} ev/s, naive pipeline {:>9.0} ev/s, \
                  exactly-once {:>9.0} ev/s",

@@ -149,48 +149,64 @@ fn main() {
             .await
             .unwrap();
         let key = auth::create_key(&pg.pool, None, "bench").await.unwrap().token;
-        let topics = Topics {
-            usage_events: unique_name("bench-usage"),
-            dead_letter: unique_name("bench-dlq"),
-            ..Topics::default()
-        };
-        tally_kit::kafka::ensure_topics(&kafka, &topics).await.unwrap();
-        let baseline_topic = unique_name("bench-bare");
-        tally_kit::kafka::create_topics(&kafka, &[&baseline_topic], topics.partitions, 1).await.unwrap();
-
-        let mut config = IngestConfig {
-            kafka: kafka.clone(),
-            postgres: pg.config.clone(),
-            topics: topics.clone(),
-            ..IngestConfig::default()
-        };
-        config.http.listen = "127.0.0.1:0".parse().unwrap();
-        let producer_config = config.producer.clone();
-        let stopping = CancellationToken::new();
-        let ingest = Ingest::build(config, stopping.clone()).await.unwrap();
-        let url = format!("http://{}/v1/events", ingest.local_addr());
-        let running = tokio::spawn(ingest.run_until_stopped());
-
-        // Both sides warm: connections, metadata, producer ids, caches.
-        let bare_client = producer(&kafka, &producer_config);
-        bare_producer(&bare_client, &baseline_topic, 0, 5_000).await;
-        http_ingest(&url, &key, 0, 5_000, batch, concurrency).await;
-
         let (mut bare, mut http) = (Vec::new(), Vec::new());
         // TALLY_BENCH_SIDE=http runs only the ingest side (for profiling it alone).
         let http_only = std::env::var("TALLY_BENCH_SIDE").is_ok_and(|side| side == "http");
         for round in 1..=rounds {
-            bare.push(if http_only {
-                f64::NAN
-            } else {
-                bare_producer(&bare_client, &baseline_topic, round, events).await
-            });
-            http.push(http_ingest(&url, &key, round, events, batch, concurrency).await);
-            println!(
-                "round {round}: bare producer {:>9.0} events/s, HTTP ingest {:>9.0} events/s",
-                bare[round - 1],
-                http[round - 1]
-            );
+            // Fresh topics each round, deleted after it: the local broker's cost of keeping data
+            // grows with what it holds, and would otherwise weigh more on every later round.
+            let topics = Topics {
+                usage_events: unique_name("bench-usage"),
+                dead_letter: unique_name("bench-dlq"),
+                ..Topics::default()
+            };
+            tally_kit::kafka::ensure_topics(&kafka, &topics).await.unwrap();
+            let baseline_topic = unique_name("bench-bare");
+            tally_kit::kafka::create_topics(&kafka, &[&baseline_topic], topics.partitions, 1).await.unwrap();
+            let mut config = IngestConfig {
+                kafka: kafka.clone(),
+                postgres: pg.config.clone(),
+                topics: topics.clone(),
+                ..IngestConfig::default()
+            };
+            config.http.listen = "127.0.0.1:0".parse().unwrap();
+            let bare_client = producer(&kafka, &config.producer);
+            let stopping = CancellationToken::new();
+            let ingest = Ingest::build(config, stopping.clone()).await.unwrap();
+            let url = format!("http://{}/v1/events", ingest.local_addr());
+            let running = tokio::spawn(ingest.run_until_stopped());
+            // Both sides warm first (connections, metadata, producer ids, caches); not measured.
+            bare_producer(&bare_client, &baseline_topic, 0, 5_000).await;
+            http_ingest(&url, &key, 0, 5_000, batch, concurrency).await;
+            // Each side starts with the broker idle and holding nothing but its own fresh topic; the
+            // order alternates so neither side always follows the other.
+            let measure_bare = async || {
+                tally_testkit::bench::settle().await;
+                let rate = bare_producer(&bare_client, &baseline_topic, round, events).await;
+                tally_testkit::delete_topics(&kafka, &[&baseline_topic]).await;
+                rate
+            };
+            let measure_http = async || {
+                tally_testkit::bench::settle().await;
+                http_ingest(&url, &key, round, events, batch, concurrency).await
+            };
+            let (bare_rate, http_rate) = match (http_only, round % 2) {
+                (true, _) => (f64::NAN, measure_http().await),
+                (false, 1) => {
+                    let bare_rate = measure_bare().await;
+                    (bare_rate, measure_http().await)
+                }
+                (false, _) => {
+                    let http_rate = measure_http().await;
+                    (measure_bare().await, http_rate)
+                }
+            };
+            stopping.cancel();
+            running.await.unwrap().unwrap();
+            tally_testkit::delete_topics(&kafka, &[&topics.usage_events, &topics.dead_letter]).await;
+            bare.push(bare_rate);
+            http.push(http_rate);
+            println!("round {round}: bare producer {bare_rate:>9.0} events/s, HTTP ingest {http_rate:>9.0} events/s");
         }
         let ratios: Vec<f64> = http.iter().zip(&bare).map(|(h, b)| h / b).collect();
         let (bare, http, ratio) = (spread(bare), spread(http), spread(ratios));
@@ -201,8 +217,6 @@ fn main() {
         println!("HTTP batch ingest:     {:.0} / {:.0} / {:.0} events/s", http.0, http.1, http.2);
         println!("ratio ingest / bare per round: {:.2} / {:.2} / {:.2} (goal >= 0.80)", ratio.0, ratio.1, ratio.2);
         println!("peak RSS (bench process: ingest + load + baseline): {:.0} MiB", peak_rss_mib());
-        stopping.cancel();
-        running.await.unwrap().unwrap();
         pg.drop_database().await;
     });
 }

@@ -20,3 +20,9 @@ pub fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
     (values[0], values[values.len() / 2], values[values.len() - 1])
 }
+
+/// Waits for the local broker to finish persisting what the last phase wrote: it saves its whole
+/// state after changes, on one core, and each measured phase should start with it idle.
+pub async fn settle() {
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+}

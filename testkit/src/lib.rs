@@ -116,6 +116,28 @@ pub async fn topic_size(kafka: &KafkaConfig, topic: &str) -> i64 {
     .expect("watermarks task")
 }
 
+/// Deletes topics a test or benchmark made, so the local broker does not carry (and keep
+/// persisting) their data into later runs. Failures are logged, not fatal.
+pub async fn delete_topics(kafka: &KafkaConfig, names: &[&str]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = match tally_kit::kafka::client_config(kafka).create() {
+        Ok(admin) => admin,
+        Err(error) => return tracing::warn!(?names, %error, "deleting topics failed"),
+    };
+    let options = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    match admin.delete_topics(names, &options).await {
+        Ok(results) => {
+            for result in results {
+                if let Err((topic, code)) = result {
+                    tracing::warn!(topic, %code, "deleting a topic failed");
+                }
+            }
+        }
+        Err(error) => tracing::warn!(?names, %error, "deleting topics failed"),
+    }
+}
+
 /// A topic and a consumer group of the test's own.
 #[derive(Debug, Clone)]
 pub struct TestTopic {
