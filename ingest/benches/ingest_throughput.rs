@@ -3,21 +3,25 @@
 //! Needs the local stack (`deploy/local/up.sh`). Run:
 //! `cargo bench -p tally-ingest --bench ingest_throughput [-- EVENTS BATCH CONCURRENCY ROUNDS]`
 //! (defaults 200000 1000 8 5). `TALLY_BENCH_SIDE=http` runs only the ingest side, for profiling.
-//! The baseline produces the same keyed JSON payloads with the same producer settings ingest
-//! uses (idempotent, acks=all, linger, compression) and waits for every acknowledgement; ingest is
-//! driven over loopback HTTP with batches from concurrent clients and counts only 202-acknowledged
-//! events. Reports events/s for both, their ratio (goal ≥ 0.8) and the process's peak RSS.
+//! The baseline produces the very messages ingest writes (tenant key, JSON payload, event id
+//! header) with the same producer settings (idempotent, acks=all, linger, compression) and waits
+//! for every acknowledgement; ingest is driven over loopback HTTP with batches from concurrent
+//! clients and counts only 202-acknowledged events. Each round uses fresh topics; each side
+//! starts with the broker idle, in alternating order. Reports events/s for both, their ratio
+//! (goal ≥ 0.8) and the process's peak RSS.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use tally_ingest::config::{IngestConfig, ProducerConfig};
 use tally_ingest::{Ingest, auth};
 use tally_kit::config::KafkaConfig;
+use tally_schemas::topics::HEADER_EVENT_ID;
 use tally_schemas::{MetricCatalogue, Topics, UsageEvent, ValidationContext};
 use tally_testkit::bench::{arg, peak_rss_mib, spread};
 use tally_testkit::{TestPostgres, unique_name};
@@ -45,21 +49,23 @@ fn producer(kafka: &KafkaConfig, config: &ProducerConfig) -> FutureProducer {
     tally_kit::producer::producer_config(kafka, config).create().expect("producer")
 }
 
-/// The baseline: the payloads ingest would write, straight to the broker.
+/// The baseline: the messages ingest would write (key, payload, event id header), straight to the
+/// broker.
 async fn bare_producer(producer: &FutureProducer, topic: &str, round: usize, events: usize) -> f64 {
     let catalogue = MetricCatalogue::default();
     let ctx = ValidationContext::new(&catalogue, chrono::Utc::now());
-    let payloads: Vec<(String, Vec<u8>)> = (0..events)
+    let messages: Vec<(String, String, Vec<u8>)> = (0..events)
         .map(|i| {
             let e = UsageEvent::from_json_value(event(round, i), &ctx).unwrap();
-            (e.tenant_id.to_string(), e.to_json())
+            (e.tenant_id.to_string(), e.id.to_string(), e.to_json())
         })
         .collect();
     let started = Instant::now();
     let mut pending = Vec::with_capacity(events);
-    for (key, payload) in &payloads {
+    for (key, id, payload) in &messages {
         loop {
-            match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
+            let headers = OwnedHeaders::new_with_capacity(1).insert(Header { key: HEADER_EVENT_ID, value: Some(id) });
+            match producer.send_result(FutureRecord::to(topic).key(key).payload(payload).headers(headers)) {
                 Ok(delivery) => {
                     pending.push(delivery);
                     break;
