@@ -275,3 +275,35 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::RateOutcome;
+
+    fn take_burst(registry: &Registry, tenant: &str) -> RateOutcome {
+        registry.with(tenant, |found| {
+            let rate = found.and_then(|(_, entry)| entry.rate.as_ref()).expect("a rate-limited tenant");
+            rate.check(NonZeroU32::new(rate.quota().burst.get()).unwrap_or(NonZeroU32::MIN))
+        })
+    }
+
+    fn one_cell(registry: &Registry, tenant: &str) -> RateOutcome {
+        registry.with(tenant, |found| found.and_then(|(_, entry)| entry.rate.as_ref()).unwrap().check(NonZeroU32::MIN))
+    }
+
+    #[test]
+    fn an_update_keeps_the_rate_state_while_the_quota_is_unchanged() {
+        let registry = Registry::new(TierDefaults::default());
+        registry.insert_active("acme", Tier::Standard);
+        assert_eq!(take_burst(&registry, "acme"), RateOutcome::Allowed { remaining: 0 });
+        registry.insert_active("acme", Tier::Standard);
+        assert!(matches!(one_cell(&registry, "acme"), RateOutcome::Limited { .. }), "same quota: still spent");
+        registry.insert_active("acme", Tier::Premium);
+        assert!(
+            matches!(one_cell(&registry, "acme"), RateOutcome::Allowed { .. }),
+            "a new quota starts with a full bucket"
+        );
+        assert_eq!(registry.limiters.len(), 2, "one limiter per quota in use until a full reload prunes");
+    }
+}
