@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_kit::producer::Publisher;
+use tally_kit::acks::Acks;
+use tally_kit::producer::{Publisher, Record};
 use tally_schemas::MetricCatalogue;
 use tally_schemas::topics::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_DLQ_STAGE};
 use tokio_util::sync::CancellationToken;
@@ -201,8 +202,8 @@ impl BatchWriter {
     /// Publishes the refused messages with their reason; waits for the broker's acknowledgement
     /// (a replay publishes them again: the source header tells copies apart).
     async fn dead_letter(&self, plan: &Plan, dead_letters: &[DeadLetter]) -> Result<(), StoreError> {
-        let mut pending = Vec::with_capacity(dead_letters.len());
-        for dead_letter in dead_letters {
+        let acks = Acks::new();
+        for (index, dead_letter) in dead_letters.iter().enumerate() {
             let source = format!("{}/{}/{}", plan.topic, plan.kafka_partition, dead_letter.offset);
             let headers: [(&str, &[u8]); 4] = [
                 (HEADER_DLQ_REASON, dead_letter.reason.as_bytes()),
@@ -210,13 +211,21 @@ impl BatchWriter {
                 (HEADER_DLQ_STAGE, b"aggregator"),
                 (HEADER_DLQ_SOURCE, source.as_bytes()),
             ];
-            let enqueued =
-                self.publisher.enqueue(&self.dead_letter_topic, &dead_letter.key, &dead_letter.payload, &headers);
-            pending.push(enqueued.map_err(|e| StoreError::DeadLetter(e.to_string()))?);
+            let record = Record {
+                topic: &self.dead_letter_topic,
+                key: &dead_letter.key,
+                payload: &dead_letter.payload,
+                headers: &headers,
+            };
+            if let Err(error) = self.publisher.enqueue(&acks, index, record) {
+                // Whatever was queued is still acknowledged before the batch is retried.
+                acks.settled().await;
+                return Err(StoreError::DeadLetter(error.to_string()));
+            }
         }
-        for acknowledgement in pending {
-            acknowledgement.acknowledged().await.map_err(|e| StoreError::DeadLetter(e.to_string()))?;
+        match acks.settled().await.pop() {
+            None => Ok(()),
+            Some((_, error)) => Err(StoreError::DeadLetter(error.to_string())),
         }
-        Ok(())
     }
 }

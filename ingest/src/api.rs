@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -13,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::Value;
-use tally_kit::producer::{Pending, PublishError, Publisher};
+use tally_kit::acks::Acks;
+use tally_kit::producer::{PublishError, Publisher, Record};
 use tally_kit::tenants::TenantDirectory;
 use tally_schemas::topics::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_STAGE};
 use tally_schemas::{EventError, MetricCatalogue, Rule, Topics, ValidationContext, Violation};
@@ -91,7 +91,7 @@ async fn check_tenants(state: &AppState, principal: &Principal, items: &mut [Ite
     let mut verdicts: HashMap<String, Option<Violation>> = HashMap::new();
     for item in items.iter_mut() {
         let Ok(event) = &item.outcome else { continue };
-        let tenant = event.tenant_id.as_str();
+        let tenant = event.tenant_id();
         if !verdicts.contains_key(tenant) {
             let verdict = match state.tenants.lookup(tenant).await.map_err(unavailable)? {
                 Some(record) if record.is_active() => None,
@@ -137,7 +137,7 @@ struct ErrorDetail<'a> {
 
 fn event_result<'a>(index: usize, item: &'a Item<'_>, status: &'static str) -> EventResult<'a> {
     match &item.outcome {
-        Ok(event) => EventResult { index, id: Some(event.id.as_str()), status, reason: None, errors: Vec::new() },
+        Ok(event) => EventResult { index, id: Some(event.id()), status, reason: None, errors: Vec::new() },
         Err(error) => {
             let errors = match error {
                 EventError::Malformed(message) => vec![ErrorDetail { field: "", rule: "malformed", message }],
@@ -168,19 +168,21 @@ fn reason(error: &EventError) -> &'static str {
 
 async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let mut accepted: Vec<(usize, Pending)> = Vec::new();
-    let mut dead_letters: Vec<Pending> = Vec::new();
+    let (accepted, dead_letters) = (Acks::new(), Acks::new());
+    let mut published = vec![false; items.len()];
     let mut overloaded = false;
+    let mut refused = None;
     for (index, item) in items.iter().enumerate() {
         match &item.outcome {
-            Ok(event) => match state.publisher.enqueue_usage(&state.topics.usage_events, event) {
-                Ok(pending) => accepted.push((index, pending)),
+            Ok(event) => match state.publisher.enqueue_usage(&accepted, index, &state.topics.usage_events, event) {
+                Ok(()) => published[index] = true,
                 Err(PublishError::QueueFull) => {
                     overloaded = true;
                     break;
                 }
                 Err(PublishError::NotAcknowledged(error)) => {
-                    return Err(unavailable(state, format!("the broker refused the event: {error}"), None));
+                    refused = Some(error);
+                    break;
                 }
             },
             Err(error) => {
@@ -192,31 +194,33 @@ async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, Api
                     (HEADER_DLQ_DETAIL, detail.as_bytes()),
                     (HEADER_DLQ_STAGE, b"ingest"),
                 ];
-                let key = item.claimed_tenant.as_deref().unwrap_or_default().as_bytes();
-                match state.publisher.enqueue(&state.topics.dead_letter, key, item.raw.get().as_bytes(), &headers) {
-                    Ok(pending) => dead_letters.push(pending),
-                    Err(error) => {
-                        state.metrics.dead_letter_failures.inc();
-                        tracing::warn!(%error, reason, "refused event not dead-lettered");
-                    }
+                let key = item.tenant().unwrap_or_default().as_bytes();
+                let record = Record {
+                    topic: &state.topics.dead_letter,
+                    key,
+                    payload: item.raw.get().as_bytes(),
+                    headers: &headers,
+                };
+                if let Err(error) = state.publisher.enqueue(&dead_letters, index, record) {
+                    state.metrics.dead_letter_failures.inc();
+                    tracing::warn!(%error, reason, "refused event not dead-lettered");
                 }
             }
         }
     }
 
-    let mut published = vec![false; items.len()];
+    // Every queued message settles before the answer, also when the request fails part-way.
     let mut failure = None;
-    for (index, pending) in accepted {
-        match pending.acknowledged().await {
-            Ok(()) => published[index] = true,
-            Err(error) => failure = Some(error),
-        }
+    for (index, error) in accepted.settled().await {
+        published[index] = false;
+        failure = Some(error);
     }
-    for pending in dead_letters {
-        if let Err(error) = pending.acknowledged().await {
-            state.metrics.dead_letter_failures.inc();
-            tracing::warn!(%error, "refused event not dead-lettered");
-        }
+    for (_, error) in dead_letters.settled().await {
+        state.metrics.dead_letter_failures.inc();
+        tracing::warn!(%error, "refused event not dead-lettered");
+    }
+    if let Some(error) = refused {
+        failure.get_or_insert(PublishError::NotAcknowledged(error));
     }
     state.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
     let published_count = published.iter().filter(|p| **p).count();
@@ -254,7 +258,11 @@ async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, Api
         }
     }
     let answer = BatchAnswer { accepted: published_count, rejected, rejected_by_reason, results };
-    Ok((status, Json(answer)).into_response())
+    // Sized up front: an answer runs to about 50 bytes an event, and growing it by doubling
+    // would copy it several times.
+    let mut body = Vec::with_capacity(128 + 64 * items.len());
+    serde_json::to_writer(&mut body, &answer).unwrap_or_else(|e| unreachable!("the answer serialises: {e}"));
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 fn unavailable(state: &AppState, message: String, results: Option<Value>) -> ApiError {

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tally_schemas::{EventError, UsageEvent, ValidationContext, cloudevents};
+use tally_schemas::{CheckedEvent, EventError, ValidationContext, cloudevents};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -44,9 +44,19 @@ impl Format {
 #[derive(Debug)]
 pub struct Item<'a> {
     pub raw: &'a RawValue,
-    pub outcome: Result<UsageEvent, EventError>,
-    /// The tenant the item names, if it names one as a string.
+    pub outcome: Result<CheckedEvent<'a>, EventError>,
+    /// The tenant a refused item names, if it names one as a string.
     pub claimed_tenant: Option<String>,
+}
+
+impl Item<'_> {
+    /// The tenant the item is for: the event's, or the one a refused item claims.
+    pub fn tenant(&self) -> Option<&str> {
+        match &self.outcome {
+            Ok(event) => Some(event.tenant_id()),
+            Err(_) => self.claimed_tenant.as_deref(),
+        }
+    }
 }
 
 /// Splits the body into items without interpreting them.
@@ -86,18 +96,21 @@ pub fn check<'a>(
     let mut checked = Vec::with_capacity(items.len());
     for (index, raw) in items.into_iter().enumerate() {
         let outcome = match format {
-            Format::Json => UsageEvent::from_json_str(raw.get(), ctx),
-            Format::CloudEvent | Format::CloudEventBatch => cloudevents::from_slice(raw.get().as_bytes(), ctx),
+            Format::Json => CheckedEvent::from_json_str(raw.get(), ctx),
+            Format::CloudEvent | Format::CloudEventBatch => {
+                cloudevents::from_slice(raw.get().as_bytes(), ctx).map(CheckedEvent::from)
+            }
         };
         // A valid event names its tenant; an invalid one is read again only to learn which
         // tenant it claims (for the scope check and the dead-letter key).
         let claimed_tenant = match &outcome {
-            Ok(event) => Some(event.tenant_id.to_string()),
+            Ok(_) => None,
             Err(_) => serde_json::from_str::<Value>(raw.get())
                 .ok()
                 .and_then(|value| value.get(format.tenant_field()).and_then(Value::as_str).map(str::to_owned)),
         };
-        if let (Principal::Tenant(own), Some(claimed)) = (principal, &claimed_tenant)
+        let item = Item { raw, outcome, claimed_tenant };
+        if let (Principal::Tenant(own), Some(claimed)) = (principal, item.tenant())
             && claimed != own.as_str()
         {
             return Err(ApiError::Forbidden(format!(
@@ -105,7 +118,7 @@ pub fn check<'a>(
                  a tenant key writes only its own tenant's events; nothing was accepted"
             )));
         }
-        checked.push(Item { raw, outcome, claimed_tenant });
+        checked.push(item);
     }
     Ok(checked)
 }

@@ -6,10 +6,11 @@
 //! * [`shutdown`]: SIGINT/SIGTERM as a cancellation token;
 //! * [`ops`]: the operations endpoints `/livez`, `/readyz` and `/metrics`;
 //! * [`kafka`], [`clickhouse`], [`postgres`]: clients, health checks and schema setup;
-//! * [`producer`]: the idempotent, acknowledged Kafka producer;
+//! * [`producer`]: the idempotent, acknowledged Kafka producer, and [`acks`], its acknowledgements;
 //! * [`service`]: the shared body of every binary's `main`;
 //! * [`tenants`]: the platform's tenant registry behind a short-lived cache ([`cache`]).
 
+pub mod acks;
 pub mod cache;
 pub mod clickhouse;
 pub mod config;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
-use tally_schemas::UsageEvent;
-use tally_schemas::topics::{self, HEADER_EVENT_ID};
+use tally_schemas::topics::{self, HEADER_EVENT_ID, UsageMessage};
 
+use crate::acks::{Acks, DeliveryReports};
 use crate::config::{KafkaConfig, ProducerConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,31 +24,31 @@ pub enum PublishError {
     NotAcknowledged(KafkaError),
 }
 
-/// A message on its way: resolves when the broker acknowledged it or gave up.
-pub struct Pending(DeliveryFuture);
-
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Pending")
+/// What a refused send means for the caller.
+fn refusal(error: KafkaError) -> PublishError {
+    match error {
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => PublishError::QueueFull,
+        error => PublishError::NotAcknowledged(error),
     }
 }
 
-impl Pending {
-    pub async fn acknowledged(self) -> Result<(), PublishError> {
-        match self.0.await {
-            Ok(Ok(_delivery)) => Ok(()),
-            Ok(Err((error, _message))) => Err(PublishError::NotAcknowledged(error)),
-            Err(_canceled) => Err(PublishError::NotAcknowledged(KafkaError::Canceled)),
-        }
-    }
+/// A message to publish (a Kafka record); `headers` are (name, value) pairs.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub key: &'a [u8],
+    pub payload: &'a [u8],
+    pub headers: &'a [(&'a str, &'a [u8])],
 }
+
+type KafkaProducer = ThreadedProducer<DeliveryReports>;
 
 /// A shared producer. After a fatal idempotence error (the broker lost the producer's sequence
 /// state, e.g. across a restart) librdkafka refuses every further send; the publisher then
 /// replaces its producer, so one broker incident does not refuse sends for ever.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: Arc<RwLock<FutureProducer>>,
+    producer: Arc<RwLock<KafkaProducer>>,
     config: Arc<rdkafka::ClientConfig>,
 }
 
@@ -74,66 +74,77 @@ pub fn producer_config(kafka: &KafkaConfig, config: &ProducerConfig) -> rdkafka:
 impl Publisher {
     pub fn new(kafka: &KafkaConfig, config: &ProducerConfig) -> Result<Self, KafkaError> {
         let config = producer_config(kafka, config);
-        Ok(Self { producer: Arc::new(RwLock::new(config.create()?)), config: Arc::new(config) })
+        let producer = config.create_with_context(DeliveryReports)?;
+        Ok(Self { producer: Arc::new(RwLock::new(producer)), config: Arc::new(config) })
     }
 
-    fn current(&self) -> FutureProducer {
+    fn current(&self) -> KafkaProducer {
         self.producer.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Replaces `failed` with a new producer if it is still the current one.
-    fn replace(&self, failed: &FutureProducer) -> Result<(), KafkaError> {
+    fn replace(&self, failed: KafkaProducer) -> Result<(), KafkaError> {
         let mut current = self.producer.write().unwrap_or_else(PoisonError::into_inner);
         if std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
             let reason = failed.client().fatal_error().map(|(_, reason)| reason).unwrap_or_default();
             tracing::warn!(reason, "the Kafka producer hit a fatal error; replacing it");
-            *current = self.config.create()?;
+            let old = std::mem::replace(&mut *current, self.config.create_with_context(DeliveryReports)?);
+            // The last handle of a producer purges, flushes (up to 500 ms) and joins its thread.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop((old, failed)))),
+                Err(_) => drop((old, failed)),
+            }
         }
         Ok(())
     }
 
-    /// Puts one message on the queue; `headers` are (name, value) pairs.
-    pub fn enqueue(
-        &self,
-        topic: &str,
-        key: &[u8],
-        payload: &[u8],
-        headers: &[(&str, &[u8])],
-    ) -> Result<Pending, PublishError> {
-        let record = || {
-            let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-            for (name, value) in headers {
+    /// Puts one message on the queue as message `index` of `acks`. An error means the message
+    /// was not queued (and is not part of `acks`).
+    pub fn enqueue(&self, acks: &Acks, index: usize, record: Record<'_>) -> Result<(), PublishError> {
+        let base_record = || {
+            let mut owned = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in record.headers {
                 owned = owned.insert(Header { key: name, value: Some(*value) });
             }
-            FutureRecord::to(topic).key(key).payload(payload).headers(owned)
+            BaseRecord::with_opaque_to(record.topic, acks.token(index))
+                .key(record.key)
+                .payload(record.payload)
+                .headers(owned)
         };
         let failed = {
             let producer = self.producer.read().unwrap_or_else(PoisonError::into_inner);
-            match producer.send_result(record()) {
-                Ok(delivery) => return Ok(Pending(delivery)),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    return Err(PublishError::QueueFull);
+            match producer.send(base_record()) {
+                Ok(()) => return Ok(()),
+                Err((error, rejected)) => {
+                    rejected.delivery_opaque.withdraw();
+                    let queue_full = matches!(error, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+                    if queue_full || producer.client().fatal_error().is_none() {
+                        return Err(refusal(error));
+                    }
+                    producer.clone()
                 }
-                Err((error, _)) if producer.client().fatal_error().is_none() => {
-                    return Err(PublishError::NotAcknowledged(error));
-                }
-                Err(_fatal) => producer.clone(),
             }
         };
-        self.replace(&failed).map_err(PublishError::NotAcknowledged)?;
-        match self.current().send_result(record()) {
-            Ok(delivery) => Ok(Pending(delivery)),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(PublishError::QueueFull),
-            Err((error, _)) => Err(PublishError::NotAcknowledged(error)),
-        }
+        self.replace(failed).map_err(PublishError::NotAcknowledged)?;
+        self.current().send(base_record()).map_err(|(error, rejected)| {
+            rejected.delivery_opaque.withdraw();
+            refusal(error)
+        })
     }
 
-    /// Puts a usage event on `topic` in its wire form: JSON payload (see
-    /// [`tally_schemas::topics::SCHEMA_VERSION`]), tenant id as key, event id in a header.
-    pub fn enqueue_usage(&self, topic: &str, event: &UsageEvent) -> Result<Pending, PublishError> {
-        let payload = event.to_json();
-        let headers: [(&str, &[u8]); 1] = [(HEADER_EVENT_ID, event.id.as_str().as_bytes())];
-        self.enqueue(topic, topics::message_key(&event.tenant_id), &payload, &headers)
+    /// Puts a usage event on `topic` in its wire form as message `index` of `acks`: JSON payload
+    /// (see [`tally_schemas::topics::SCHEMA_VERSION`]), tenant id as key, event id in a header.
+    pub fn enqueue_usage(
+        &self,
+        acks: &Acks,
+        index: usize,
+        topic: &str,
+        event: &impl UsageMessage,
+    ) -> Result<(), PublishError> {
+        let payload = event.payload();
+        let headers: [(&str, &[u8]); 1] = [(HEADER_EVENT_ID, event.event_id().as_bytes())];
+        let record = Record { topic, key: topics::message_key(event.tenant()), payload: &payload, headers: &headers };
+        self.enqueue(acks, index, record)
     }
 
     /// Messages not yet acknowledged by the broker.

@@ -107,7 +107,7 @@ pub fn from_value(value: Value, ctx: &ValidationContext<'_>) -> Result<UsageEven
             raw.value = Some(Value::from(0));
         }
     }
-    validate(raw, &NAMES, ctx, violations)
+    validate(raw, &NAMES, ctx, violations).map(UsageEvent::from)
 }
 
 fn read_data(mut data: Map<String, Value>, raw: &mut RawFields, violations: &mut Vec<Violation>) {

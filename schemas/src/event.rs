@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::catalogue::MetricCatalogue;
+use crate::checked::CheckedEvent;
 use crate::ids::{EventId, MetricName, TenantId};
 use crate::quantity::Quantity;
 use crate::rules::{AttributePairs, Candidate, check, validate};
@@ -107,20 +108,12 @@ impl UsageEvent {
 
     /// Validates one plain-JSON event already parsed (an item of a batch).
     pub fn from_json_value(value: Value, ctx: &ValidationContext<'_>) -> Result<Self, EventError> {
-        let Value::Object(object) = value else {
-            return Err(EventError::Malformed(format!(
-                "expected a JSON object for an event, got {}",
-                json_type(&value)
-            )));
-        };
-        let mut violations = Vec::new();
-        let raw = plain_fields(object, &mut violations);
-        validate(raw, &PLAIN_NAMES, ctx, violations)
+        checked_from_value(value, ctx).map(Self::from)
     }
 
     /// The event's plain-JSON form (what `from_json_slice` reads back).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_else(|e| unreachable!("event serializes: {e}"))
+        crate::checked::usage_event_json(self)
     }
 }
 
@@ -241,11 +234,18 @@ impl<'de> Deserialize<'de> for BorrowedStr<'de> {
 }
 
 impl UsageEvent {
-    /// Parses and validates one plain-JSON event from text: a typed single pass when every field
-    /// has the right type (the common case), the field-by-field path otherwise, so the errors are
-    /// as complete either way.
+    /// Parses and validates one plain-JSON event from text (see [`CheckedEvent::from_json_str`]).
     pub fn from_json_str(text: &str, ctx: &ValidationContext<'_>) -> Result<Self, EventError> {
-        match serde_json::from_str::<TypedPlainEvent<'_>>(text) {
+        CheckedEvent::from_json_str(text, ctx).map(Self::from)
+    }
+}
+
+impl<'a> CheckedEvent<'a> {
+    /// Parses and validates one plain-JSON event from text, borrowing its strings: a typed single
+    /// pass when every field has the right type (the common case), the field-by-field path
+    /// otherwise, so the errors are as complete either way.
+    pub fn from_json_str(text: &'a str, ctx: &ValidationContext<'_>) -> Result<Self, EventError> {
+        match serde_json::from_str::<TypedPlainEvent<'a>>(text) {
             Ok(typed) => {
                 let candidate = Candidate {
                     id: Some(typed.id),
@@ -259,7 +259,20 @@ impl UsageEvent {
                 };
                 check(candidate, &PLAIN_NAMES, ctx, Vec::new())
             }
-            Err(_) => Self::from_json_slice(text.as_bytes(), ctx),
+            Err(_) => {
+                let value: Value = serde_json::from_str(text).map_err(|e| EventError::Malformed(e.to_string()))?;
+                checked_from_value(value, ctx)
+            }
         }
     }
+}
+
+/// The field-by-field path: every field's type checked on its own, so every error is reported.
+fn checked_from_value(value: Value, ctx: &ValidationContext<'_>) -> Result<CheckedEvent<'static>, EventError> {
+    let Value::Object(object) = value else {
+        return Err(EventError::Malformed(format!("expected a JSON object for an event, got {}", json_type(&value))));
+    };
+    let mut violations = Vec::new();
+    let raw = plain_fields(object, &mut violations);
+    validate(raw, &PLAIN_NAMES, ctx, violations)
 }

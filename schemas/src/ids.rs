@@ -66,6 +66,16 @@ macro_rules! identifier {
                 Ok(Self(value))
             }
 
+            /// Checks `value` against the format without taking it.
+            pub fn check(value: &str) -> Result<(), (Rule, String)> {
+                Self::FORMAT.check(value)
+            }
+
+            /// A value that already passed [`Self::check`].
+            pub(crate) fn from_checked(value: String) -> Self {
+                Self(value)
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }

@@ -1,6 +1,7 @@
 //! Tally's contracts, shared by every service and by the emitter client.
 //!
 //! * [`event`]: the usage event, parsed from plain JSON and validated rule by rule;
+//! * [`checked`]: a validated event still borrowing the request's text, and the wire form;
 //! * [`cloudevents`]: its CloudEvents 1.0 structured and batch mapping;
 //! * [`catalogue`]: the metric catalogue (name → kind and unit), loaded from config;
 //! * [`tiers`]: tenant tiers, default limits and per-tenant overrides;
@@ -8,6 +9,7 @@
 //! * [`ddl`]: the versioned ClickHouse DDL; the PostgreSQL migrations live in `migrations/`.
 
 pub mod catalogue;
+pub mod checked;
 pub mod cloudevents;
 pub mod ddl;
 pub mod event;
@@ -19,6 +21,7 @@ pub mod topics;
 pub mod violation;
 
 pub use catalogue::{MetricCatalogue, MetricDef, MetricKind};
+pub use checked::CheckedEvent;
 pub use event::{LatenessWindow, UsageEvent, ValidationContext};
 pub use ids::{EventId, MetricName, TenantId};
 pub use quantity::Quantity;

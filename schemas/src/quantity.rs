@@ -120,25 +120,63 @@ impl FromStr for Quantity {
     }
 }
 
+/// Room for the longest canonical text: a sign, 30 whole digits, a point and 9 fraction digits.
+pub const TEXT_CAPACITY: usize = 48;
+
+impl Quantity {
+    /// Writes the canonical decimal text (what `Display` prints: no exponent, no trailing
+    /// fraction zeros) into the end of `buffer` and returns it.
+    pub fn write_text(self, buffer: &mut [u8; TEXT_CAPACITY]) -> &str {
+        let abs = self.0.unsigned_abs();
+        let mut start = TEXT_CAPACITY;
+        let mut push = |digit: u8| {
+            start -= 1;
+            buffer[start] = digit;
+        };
+        let mut fraction = (abs % UNITS_PER_ONE as u128) as u64;
+        if fraction != 0 {
+            let mut digits = SCALE;
+            while fraction.is_multiple_of(10) {
+                fraction /= 10;
+                digits -= 1;
+            }
+            for _ in 0..digits {
+                push(b'0' + (fraction % 10) as u8);
+                fraction /= 10;
+            }
+            push(b'.');
+        }
+        let mut whole = abs / UNITS_PER_ONE as u128;
+        // 128-bit division is slow: only the digits above u64's range take it.
+        while whole > u128::from(u64::MAX) {
+            push(b'0' + (whole % 10) as u8);
+            whole /= 10;
+        }
+        let mut whole = whole as u64;
+        loop {
+            push(b'0' + (whole % 10) as u8);
+            whole /= 10;
+            if whole == 0 {
+                break;
+            }
+        }
+        if self.0 < 0 {
+            push(b'-');
+        }
+        std::str::from_utf8(&buffer[start..]).unwrap_or_else(|_| unreachable!("digits are ASCII"))
+    }
+}
+
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let abs = self.0.unsigned_abs();
-        let whole = abs / UNITS_PER_ONE as u128;
-        let fraction = abs % UNITS_PER_ONE as u128;
-        if fraction == 0 {
-            write!(f, "{sign}{whole}")
-        } else {
-            let fraction = format!("{fraction:09}");
-            write!(f, "{sign}{whole}.{}", fraction.trim_end_matches('0'))
-        }
+        f.write_str(self.write_text(&mut [0; TEXT_CAPACITY]))
     }
 }
 
 impl Serialize for Quantity {
     /// As a string: JSON readers that parse numbers into floats would otherwise lose digits.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        serializer.serialize_str(self.write_text(&mut [0; TEXT_CAPACITY]))
     }
 }
 
@@ -211,6 +249,23 @@ mod tests {
         for (input, shown) in cases {
             let q: Quantity = input.parse().unwrap();
             assert_eq!(q.to_string(), shown, "{input}");
+        }
+    }
+
+    /// The canonical text by string surgery on the integer's digits.
+    fn reference_text(units: i128) -> String {
+        let digits = format!("{:010}", units.unsigned_abs());
+        let (whole, fraction) = digits.split_at(digits.len() - SCALE as usize);
+        let (sign, fraction) = (if units < 0 { "-" } else { "" }, fraction.trim_end_matches('0'));
+        if fraction.is_empty() { format!("{sign}{whole}") } else { format!("{sign}{whole}.{fraction}") }
+    }
+
+    #[test]
+    fn prints_the_whole_range_exactly() {
+        let wide = i128::from(u64::MAX) * UNITS_PER_ONE;
+        for units in [i128::MAX, i128::MIN, i128::MIN + 1, wide + 5, wide * 10, -wide - 1, 1, -1, 10, 1_000_000_000, 0]
+        {
+            assert_eq!(Quantity(units).to_string(), reference_text(units), "{units}");
         }
     }
 

@@ -2,14 +2,14 @@
 //! the field-by-field path, then formats, catalogue, ranges and the lateness window.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::catalogue::{MetricCatalogue, MetricKind};
+use crate::checked::{CheckedEvent, has_attribute, normalise_attributes};
 use crate::event::{
-    FieldNames, MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ATTRIBUTES, MAX_SOURCE_LEN, RawFields, UsageEvent,
+    FieldNames, MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ATTRIBUTES, MAX_SOURCE_LEN, RawFields,
     ValidationContext, json_type,
 };
 use crate::ids::{EventId, MetricName, TenantId};
@@ -40,7 +40,7 @@ pub(crate) fn validate(
     names: &FieldNames,
     ctx: &ValidationContext<'_>,
     mut violations: Vec<Violation>,
-) -> Result<UsageEvent, EventError> {
+) -> Result<CheckedEvent<'static>, EventError> {
     let mut types = TypeCheck { violations: &mut violations };
     let candidate = Candidate {
         id: types.string(names.id, raw.id),
@@ -56,18 +56,18 @@ pub(crate) fn validate(
 }
 
 /// The rules, on fields of the right type; a `None` field was already reported.
-pub(crate) fn check(
-    candidate: Candidate<'_>,
+pub(crate) fn check<'a>(
+    candidate: Candidate<'a>,
     names: &FieldNames,
     ctx: &ValidationContext<'_>,
     mut violations: Vec<Violation>,
-) -> Result<UsageEvent, EventError> {
+) -> Result<CheckedEvent<'a>, EventError> {
     let mut v = Rules { violations: &mut violations };
-    let id = candidate.id.and_then(|s| v.parsed(names.id, EventId::parse(s)));
-    let tenant_id = candidate.tenant_id.and_then(|s| v.parsed(names.tenant_id, TenantId::parse(s)));
+    let id = candidate.id.and_then(|s| v.formatted(names.id, s, EventId::check));
+    let tenant_id = candidate.tenant_id.and_then(|s| v.formatted(names.tenant_id, s, TenantId::check));
     let metric = candidate
         .metric
-        .and_then(|s| v.parsed(names.metric, MetricName::parse(s)))
+        .and_then(|s| v.formatted(names.metric, s, MetricName::check))
         .and_then(|m| v.known_metric(names.metric, m, ctx.catalogue));
     let value = candidate.value;
     let timestamp = match (&candidate.timestamp, candidate.timestamp_given) {
@@ -91,7 +91,7 @@ pub(crate) fn check(
     }
     if let (Some((_, def)), Some(attributes)) = (&metric, &attributes)
         && let (MetricKind::Unique, Some(key)) = (def.kind, &def.distinct_by)
-        && !attributes.contains_key(key)
+        && !has_attribute(attributes, key)
     {
         v.push(
             format!("{}.{key}", names.attributes),
@@ -119,7 +119,7 @@ pub(crate) fn check(
             Some(timestamp),
             Some(source),
             Some(attributes),
-        ) if violations.is_empty() => Ok(UsageEvent { id, tenant_id, metric, value, timestamp, source, attributes }),
+        ) if violations.is_empty() => Ok(CheckedEvent { id, tenant_id, metric, value, timestamp, source, attributes }),
         _ => Err(EventError::Invalid(violations)),
     }
 }
@@ -225,18 +225,23 @@ impl Rules<'_> {
         self.violations.push(Violation::new(field, rule, message));
     }
 
-    fn parsed<T>(&mut self, field: &str, result: Result<T, (Rule, String)>) -> Option<T> {
-        result.map_err(|(rule, message)| self.push(field, rule, message)).ok()
-    }
-
-    fn known_metric<'c>(
+    fn formatted<'a>(
         &mut self,
         field: &str,
-        metric: MetricName,
+        text: Cow<'a, str>,
+        check: fn(&str) -> Result<(), (Rule, String)>,
+    ) -> Option<Cow<'a, str>> {
+        check(&text).map_err(|(rule, message)| self.push(field, rule, message)).ok().map(|()| text)
+    }
+
+    fn known_metric<'a, 'c>(
+        &mut self,
+        field: &str,
+        metric: Cow<'a, str>,
         catalogue: &'c MetricCatalogue,
-    ) -> Option<(MetricName, &'c crate::MetricDef)> {
-        match catalogue.get(&metric) {
-            Some(def) => Some((metric, def)),
+    ) -> Option<(Cow<'a, str>, &'c crate::MetricDef)> {
+        match catalogue.lookup(&metric) {
+            Some((_, def)) => Some((metric, def)),
             None => {
                 let known = catalogue.names().join(", ");
                 self.push(
@@ -282,7 +287,7 @@ impl Rules<'_> {
         }
     }
 
-    fn source(&mut self, field: &str, source: Cow<'_, str>) -> Option<String> {
+    fn source<'a>(&mut self, field: &str, source: Cow<'a, str>) -> Option<Cow<'a, str>> {
         if source.is_empty() || source.len() > MAX_SOURCE_LEN {
             self.push(field, Rule::Length, format!("must be 1 to {MAX_SOURCE_LEN} bytes, got {}", source.len()));
             None
@@ -290,17 +295,17 @@ impl Rules<'_> {
             self.push(field, Rule::Charset, "must not contain control characters");
             None
         } else {
-            Some(source.into_owned())
+            Some(source)
         }
     }
 
-    fn attributes(&mut self, field: &str, pairs: AttributePairs<'_>) -> Option<BTreeMap<String, String>> {
+    fn attributes<'a>(&mut self, field: &str, pairs: AttributePairs<'a>) -> Option<AttributePairs<'a>> {
         if pairs.len() > MAX_ATTRIBUTES {
             self.push(field, Rule::TooMany, format!("at most {MAX_ATTRIBUTES} attributes, got {}", pairs.len()));
             return None;
         }
         let before = self.violations.len();
-        let mut attributes = BTreeMap::new();
+        let mut attributes = Vec::with_capacity(pairs.len());
         for (key, value) in pairs {
             let key_ok = !key.is_empty()
                 && key.len() <= MAX_ATTRIBUTE_KEY_LEN
@@ -321,9 +326,9 @@ impl Rules<'_> {
             } else if value.chars().any(char::is_control) {
                 self.push(path(), Rule::Charset, "must not contain control characters");
             } else {
-                attributes.insert(key.into_owned(), value.into_owned());
+                attributes.push((key, value));
             }
         }
-        (self.violations.len() == before).then_some(attributes)
+        (self.violations.len() == before).then(|| normalise_attributes(attributes))
     }
 }

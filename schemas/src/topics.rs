@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::TenantId;
+use crate::checked::CheckedEvent;
+use crate::event::UsageEvent;
 
 /// Header carrying the event id, so consumers can dedup without parsing the payload.
 pub const HEADER_EVENT_ID: &str = "tally-event-id";
@@ -51,6 +52,38 @@ impl Topics {
 
 /// The Kafka message key of a tenant's events: every event of a tenant lands on one partition,
 /// in order.
-pub fn message_key(tenant: &TenantId) -> &[u8] {
-    tenant.as_str().as_bytes()
+pub fn message_key(tenant: &str) -> &[u8] {
+    tenant.as_bytes()
+}
+
+/// A validated event as the usage topic carries it: keyed by [`message_key`], its id in
+/// [`HEADER_EVENT_ID`], its wire form ([`SCHEMA_VERSION`]) as payload.
+pub trait UsageMessage {
+    fn tenant(&self) -> &str;
+    fn event_id(&self) -> &str;
+    fn payload(&self) -> Vec<u8>;
+}
+
+impl UsageMessage for UsageEvent {
+    fn tenant(&self) -> &str {
+        self.tenant_id.as_str()
+    }
+    fn event_id(&self) -> &str {
+        self.id.as_str()
+    }
+    fn payload(&self) -> Vec<u8> {
+        self.to_json()
+    }
+}
+
+impl UsageMessage for CheckedEvent<'_> {
+    fn tenant(&self) -> &str {
+        self.tenant_id()
+    }
+    fn event_id(&self) -> &str {
+        self.id()
+    }
+    fn payload(&self) -> Vec<u8> {
+        self.to_json()
+    }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use clickhouse::Row;
 use serde::Deserialize;
 use tally_aggregator::{Aggregator, AggregatorConfig};
+use tally_kit::acks::Acks;
 use tally_kit::config::{KafkaConfig, ProducerConfig};
-use tally_kit::producer::Publisher;
+use tally_kit::producer::{Publisher, Record};
 use tally_schemas::Topics;
 use tally_testkit::{TestClickHouse, unique_name};
 use tokio::task::JoinHandle;
@@ -233,11 +234,19 @@ pub async fn send_all(publisher: &Publisher, topic: &str, sends: &[Send]) {
     for send in sends {
         loop {
             let pending = match send {
-                Send::Event(event) => publisher.enqueue_usage(topic, event),
-                Send::Invalid(key, payload) => publisher.enqueue(topic, key.as_bytes(), payload, &[]),
+                Send::Event(event) => {
+                    let acks = Acks::new();
+                    publisher.enqueue_usage(&acks, 0, topic, event).map(|()| acks)
+                }
+                Send::Invalid(key, payload) => {
+                    let acks = Acks::new();
+                    publisher
+                        .enqueue(&acks, 0, Record { topic, key: key.as_bytes(), payload, headers: &[] })
+                        .map(|()| acks)
+                }
             };
             match pending {
-                Ok(pending) => match pending.acknowledged().await {
+                Ok(acks) => match acks.settled().await.pop().map_or(Ok(()), |(_, error)| Err(error)) {
                     Ok(()) => break,
                     Err(error) => eprintln!("send not acknowledged: {error}"),
                 },

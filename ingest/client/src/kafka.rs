@@ -5,6 +5,7 @@
 //! check in this mode: it is for trusted services inside the platform; the aggregator still
 //! validates every message and dead-letters what it cannot count.
 
+use tally_kit::acks::Acks;
 use tally_kit::config::{KafkaConfig, ProducerConfig};
 use tally_kit::producer::{PublishError, Publisher};
 use tally_schemas::Topics;
@@ -26,21 +27,18 @@ impl KafkaTransport {
     }
 
     pub(crate) async fn send(&self, batch: &[Queued]) -> Attempt {
-        let mut pending = Vec::with_capacity(batch.len());
-        for queued in batch {
-            match self.publisher.enqueue_usage(&self.topic, &queued.event) {
-                Ok(delivery) => pending.push(delivery),
-                Err(error) => return Attempt::Retry { after: None, error: error.to_string() },
+        let acks = Acks::new();
+        let mut refused: Option<PublishError> = None;
+        for (index, queued) in batch.iter().enumerate() {
+            if let Err(error) = self.publisher.enqueue_usage(&acks, index, &self.topic, &queued.event) {
+                refused = Some(error);
+                break;
             }
         }
-        let mut failure: Option<PublishError> = None;
-        for delivery in pending {
-            if let Err(error) = delivery.acknowledged().await {
-                failure = Some(error);
-            }
-        }
+        // Whatever was queued settles before the batch is retried, so a retry never races it.
+        let failure = acks.settled().await.pop().map(|(_, error)| error);
         // Resending the whole batch is safe: the aggregator counts each (tenant, id) once.
-        match failure {
+        match refused.or(failure) {
             None => Attempt::Done(vec![Ok(()); batch.len()]),
             Some(error) => Attempt::Retry { after: None, error: error.to_string() },
         }
