@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use tally_aggregator::{Aggregator, AggregatorConfig};
 
-// Decoding a batch allocates per event (strings, attributes); glibc's allocator is a bottleneck there.
+// Decoding a batch allocates per event (strings, attributes); glibc's allocator is a bottleneck
+// there. The workspace's `override` feature has mimalloc serve librdkafka's C allocations too.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 const TENANTS: usize = 100;
 
-// The same allocator as the `tally-ingest` binary.
+// The same allocator as the `tally-ingest` binary (mimalloc, also for librdkafka's C allocations).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
