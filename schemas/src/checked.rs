@@ -66,6 +66,9 @@ impl<'a> CheckedEvent<'a> {
 /// Attribute (name, value) pairs sorted by name, each name once: the last value of a repeated
 /// name wins, as in a map.
 pub(crate) fn normalise_attributes<'a>(mut pairs: AttributePairs<'a>) -> AttributePairs<'a> {
+    if pairs.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+        return pairs;
+    }
     // Reversed then stably sorted, the last value of a name comes first and survives dedup.
     pairs.reverse();
     pairs.sort_by(|a, b| a.0.cmp(&b.0));

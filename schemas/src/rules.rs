@@ -291,7 +291,7 @@ impl Rules<'_> {
         if source.is_empty() || source.len() > MAX_SOURCE_LEN {
             self.push(field, Rule::Length, format!("must be 1 to {MAX_SOURCE_LEN} bytes, got {}", source.len()));
             None
-        } else if source.chars().any(char::is_control) {
+        } else if has_control(&source) {
             self.push(field, Rule::Charset, "must not contain control characters");
             None
         } else {
@@ -305,8 +305,7 @@ impl Rules<'_> {
             return None;
         }
         let before = self.violations.len();
-        let mut attributes = Vec::with_capacity(pairs.len());
-        for (key, value) in pairs {
+        for (key, value) in &pairs {
             let key_ok = !key.is_empty()
                 && key.len() <= MAX_ATTRIBUTE_KEY_LEN
                 && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
@@ -323,12 +322,30 @@ impl Rules<'_> {
                     Rule::Length,
                     format!("must be at most {MAX_ATTRIBUTE_VALUE_LEN} bytes, got {}", value.len()),
                 );
-            } else if value.chars().any(char::is_control) {
+            } else if has_control(value) {
                 self.push(path(), Rule::Charset, "must not contain control characters");
-            } else {
-                attributes.push((key, value));
             }
         }
-        (self.violations.len() == before).then(|| normalise_attributes(attributes))
+        (self.violations.len() == before).then(|| normalise_attributes(pairs))
+    }
+}
+
+/// Whether `text` holds a control character (`char::is_control`), without decoding ASCII text.
+fn has_control(text: &str) -> bool {
+    if text.is_ascii() { text.bytes().any(|b| b < 0x20 || b == 0x7f) } else { text.chars().any(char::is_control) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_control;
+
+    #[test]
+    fn control_characters_are_found_in_ascii_and_beyond() {
+        for text in ["a\u{0}b", "tab\t", "del\u{7f}", "c1 \u{85}", "é\n"] {
+            assert!(has_control(text), "{text:?}");
+        }
+        for text in ["", "plain ascii ~", "é ü 日本", "\u{a0}"] {
+            assert!(!has_control(text), "{text:?}");
+        }
     }
 }
