@@ -64,9 +64,8 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     let bytes = axum::body::to_bytes(body, max)
         .await
         .map_err(|_| ApiError::TooLarge(format!("the body is larger than {max} bytes: split the batch")))?;
-    let raw_items = intake::split(&bytes, format, state.http.max_batch_events)?;
     let ctx = ValidationContext::new(&state.catalogue, Utc::now());
-    let mut items = intake::check(raw_items, format, &principal, &ctx)?;
+    let mut items = intake::read(&bytes, format, state.http.max_batch_events, &principal, &ctx)?;
     check_tenants(state, &principal, &mut items).await?;
     publish(state, items).await
 }
@@ -195,12 +194,8 @@ async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, Api
                     (HEADER_DLQ_STAGE, b"ingest"),
                 ];
                 let key = item.tenant().unwrap_or_default().as_bytes();
-                let record = Record {
-                    topic: &state.topics.dead_letter,
-                    key,
-                    payload: item.raw.get().as_bytes(),
-                    headers: &headers,
-                };
+                let record =
+                    Record { topic: &state.topics.dead_letter, key, payload: item.raw.as_bytes(), headers: &headers };
                 if let Err(error) = state.publisher.enqueue(&dead_letters, index, record) {
                     state.metrics.dead_letter_failures.inc();
                     tracing::warn!(%error, reason, "refused event not dead-lettered");

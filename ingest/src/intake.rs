@@ -1,9 +1,13 @@
 //! From request body to checked events: format by content type, split into items, tenant scope,
 //! validation. Nothing here publishes, so a request refused here has sent nothing.
+//!
+//! A plain-JSON body in the common shape is read in one pass ([`batch::read_plain_json`]);
+//! anything else is split into raw items first and each is parsed on its own, which reports
+//! every error.
 
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tally_schemas::{CheckedEvent, EventError, ValidationContext, cloudevents};
+use tally_schemas::{CheckedEvent, EventError, ValidationContext, batch, cloudevents};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -43,7 +47,8 @@ impl Format {
 /// One item of a request, kept as the sender wrote it (for the dead-letter topic).
 #[derive(Debug)]
 pub struct Item<'a> {
-    pub raw: &'a RawValue,
+    /// The item's JSON text as sent.
+    pub raw: &'a str,
     pub outcome: Result<CheckedEvent<'a>, EventError>,
     /// The tenant a refused item names, if it names one as a string.
     pub claimed_tenant: Option<String>,
@@ -60,8 +65,7 @@ impl Item<'_> {
 }
 
 /// Splits the body into items without interpreting them.
-pub fn split(body: &[u8], format: Format, max_events: usize) -> Result<Vec<&RawValue>, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|e| ApiError::Malformed(format!("body is not UTF-8: {e}")))?;
+fn split(text: &str, format: Format, max_events: usize) -> Result<Vec<&RawValue>, ApiError> {
     let trimmed = text.trim_start();
     let items: Vec<&RawValue> = match (format, trimmed.as_bytes().first()) {
         (_, None) => return Err(ApiError::Malformed("empty body: send an event or a batch of events".to_owned())),
@@ -77,35 +81,50 @@ pub fn split(body: &[u8], format: Format, max_events: usize) -> Result<Vec<&RawV
     if items.is_empty() {
         return Err(ApiError::Malformed("the batch is empty".to_owned()));
     }
-    if items.len() > max_events {
-        return Err(ApiError::TooLarge(format!(
-            "the batch holds {} events; at most {max_events} are accepted per request: split it",
-            items.len()
-        )));
-    }
+    within_bound(items.len(), max_events)?;
     Ok(items)
 }
 
-/// Validates every item; refuses the whole request when a tenant key names another tenant.
-pub fn check<'a>(
-    items: Vec<&'a RawValue>,
+/// Reads and validates every item; refuses the whole request when a tenant key names another
+/// tenant.
+pub fn read<'a>(
+    body: &'a [u8],
     format: Format,
+    max_events: usize,
     principal: &Principal,
     ctx: &ValidationContext<'_>,
 ) -> Result<Vec<Item<'a>>, ApiError> {
-    let mut checked = Vec::with_capacity(items.len());
-    for (index, raw) in items.into_iter().enumerate() {
-        let outcome = match format {
-            Format::Json => CheckedEvent::from_json_str(raw.get(), ctx),
-            Format::CloudEvent | Format::CloudEventBatch => {
-                cloudevents::from_slice(raw.get().as_bytes(), ctx).map(CheckedEvent::from)
-            }
-        };
+    let text = std::str::from_utf8(body).map_err(|e| ApiError::Malformed(format!("body is not UTF-8: {e}")))?;
+    let read_in_one_pass = match format {
+        Format::Json => batch::read_plain_json(text, ctx),
+        Format::CloudEvent | Format::CloudEventBatch => None,
+    };
+    let outcomes = match read_in_one_pass {
+        Some(events) => {
+            within_bound(events.len(), max_events)?;
+            events
+        }
+        None => split(text, format, max_events)?
+            .into_iter()
+            .map(|raw| {
+                let raw = raw.get();
+                let outcome = match format {
+                    Format::Json => CheckedEvent::from_json_str(raw, ctx),
+                    Format::CloudEvent | Format::CloudEventBatch => {
+                        cloudevents::from_slice(raw.as_bytes(), ctx).map(CheckedEvent::from)
+                    }
+                };
+                (raw, outcome)
+            })
+            .collect(),
+    };
+    let mut items = Vec::with_capacity(outcomes.len());
+    for (index, (raw, outcome)) in outcomes.into_iter().enumerate() {
         // A valid event names its tenant; an invalid one is read again only to learn which
         // tenant it claims (for the scope check and the dead-letter key).
         let claimed_tenant = match &outcome {
             Ok(_) => None,
-            Err(_) => serde_json::from_str::<Value>(raw.get())
+            Err(_) => serde_json::from_str::<Value>(raw)
                 .ok()
                 .and_then(|value| value.get(format.tenant_field()).and_then(Value::as_str).map(str::to_owned)),
         };
@@ -118,9 +137,18 @@ pub fn check<'a>(
                  a tenant key writes only its own tenant's events; nothing was accepted"
             )));
         }
-        checked.push(item);
+        items.push(item);
     }
-    Ok(checked)
+    Ok(items)
+}
+
+fn within_bound(events: usize, max_events: usize) -> Result<(), ApiError> {
+    if events > max_events {
+        return Err(ApiError::TooLarge(format!(
+            "the batch holds {events} events; at most {max_events} are accepted per request: split it"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -141,12 +169,33 @@ mod tests {
 
     #[test]
     fn splitting_bounds_and_shapes() {
-        assert_eq!(split(b"{\"a\":1}", Format::Json, 10).unwrap().len(), 1);
-        assert_eq!(split(b" [{}, {}]", Format::Json, 10).unwrap().len(), 2);
-        assert!(matches!(split(b"[{}, {}, {}]", Format::Json, 2), Err(ApiError::TooLarge(_))));
-        assert!(matches!(split(b"[]", Format::Json, 2), Err(ApiError::Malformed(_))));
-        assert!(matches!(split(b"", Format::Json, 2), Err(ApiError::Malformed(_))));
-        assert!(matches!(split(b"{\"a\":", Format::Json, 2), Err(ApiError::Malformed(_))));
-        assert!(matches!(split(b"{}", Format::CloudEventBatch, 2), Err(ApiError::Malformed(_))));
+        assert_eq!(split("{\"a\":1}", Format::Json, 10).unwrap().len(), 1);
+        assert_eq!(split(" [{}, {}]", Format::Json, 10).unwrap().len(), 2);
+        assert!(matches!(split("[{}, {}, {}]", Format::Json, 2), Err(ApiError::TooLarge(_))));
+        assert!(matches!(split("[]", Format::Json, 2), Err(ApiError::Malformed(_))));
+        assert!(matches!(split("", Format::Json, 2), Err(ApiError::Malformed(_))));
+        assert!(matches!(split("{\"a\":", Format::Json, 2), Err(ApiError::Malformed(_))));
+        assert!(matches!(split("{}", Format::CloudEventBatch, 2), Err(ApiError::Malformed(_))));
+    }
+
+    #[test]
+    fn both_reading_paths_give_items_with_their_text_and_bounds() {
+        let catalogue = tally_schemas::MetricCatalogue::default();
+        let ctx = ValidationContext::new(&catalogue, chrono::Utc::now());
+        let event =
+            |id: &str| format!(r#"{{"id":"{id}","tenant_id":"acme","metric":"api_calls","value":1,"source":"s"}}"#);
+        // One pass (plain), and split then parsed (an escape in the second id).
+        for body in [format!("[{}, {}]", event("a"), event("b")), format!("[{}, {}]", event("a"), event("\\u0062"))] {
+            let items = read(body.as_bytes(), Format::Json, 10, &Principal::Admin, &ctx).unwrap();
+            assert_eq!(items.len(), 2);
+            assert_eq!(items[0].raw, event("a"));
+            assert_eq!(items[1].outcome.as_ref().unwrap().id(), "b");
+            assert!(matches!(
+                read(body.as_bytes(), Format::Json, 1, &Principal::Admin, &ctx),
+                Err(ApiError::TooLarge(_))
+            ));
+            let globex = Principal::Tenant(tally_schemas::TenantId::parse("globex").unwrap());
+            assert!(matches!(read(body.as_bytes(), Format::Json, 10, &globex, &ctx), Err(ApiError::Forbidden(_))));
+        }
     }
 }

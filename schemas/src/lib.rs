@@ -2,12 +2,14 @@
 //!
 //! * [`event`]: the usage event, parsed from plain JSON and validated rule by rule;
 //! * [`checked`]: a validated event still borrowing the request's text, and the wire form;
+//! * [`batch`]: a one-pass reader for the common shape of a plain-JSON batch;
 //! * [`cloudevents`]: its CloudEvents 1.0 structured and batch mapping;
 //! * [`catalogue`]: the metric catalogue (name → kind and unit), loaded from config;
 //! * [`tiers`]: tenant tiers, default limits and per-tenant overrides;
 //! * [`topics`]: Kafka topic names, message key and headers;
 //! * [`ddl`]: the versioned ClickHouse DDL; the PostgreSQL migrations live in `migrations/`.
 
+pub mod batch;
 pub mod catalogue;
 pub mod checked;
 pub mod cloudevents;
