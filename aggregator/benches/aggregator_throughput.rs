@@ -26,7 +26,6 @@ use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tally_aggregator::batch::{self, Message, Plan};
 use tally_aggregator::{Aggregator, AggregatorConfig};
-use tally_kit::acks::Acks;
 use tally_kit::config::{KafkaConfig, ProducerConfig};
 use tally_kit::producer::Publisher;
 use tally_schemas::{EventId, MetricCatalogue, MetricName, Quantity, TenantId, Topics, UsageEvent};
@@ -56,13 +55,13 @@ fn event(round: usize, i: usize, now: chrono::DateTime<Utc>) -> UsageEvent {
 async fn fill(kafka: &KafkaConfig, topics: &Topics, events: &[UsageEvent]) {
     tally_kit::kafka::ensure_topics(kafka, topics).await.unwrap();
     let publisher = Publisher::new(kafka, &ProducerConfig::default()).unwrap();
-    let acks = Acks::new();
-    for (index, event) in events.iter().enumerate() {
-        while publisher.enqueue_usage(&acks, index, &topics.usage_events, event).is_err() {
+    let acks = publisher.acks();
+    for event in events {
+        while publisher.enqueue_usage(&acks, &topics.usage_events, event).is_err() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    assert!(acks.settled().await.is_empty(), "every event acknowledged");
+    assert!(acks.settled().await.is_complete(), "every event acknowledged");
 }
 
 async fn bare_consume(kafka: &KafkaConfig, topic: &str, expected: usize) -> f64 {

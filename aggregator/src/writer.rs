@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_kit::acks::Acks;
 use tally_kit::producer::{Publisher, Record};
 use tally_schemas::MetricCatalogue;
 use tally_schemas::topics::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_SOURCE, HEADER_DLQ_STAGE};
@@ -202,8 +201,8 @@ impl BatchWriter {
     /// Publishes the refused messages with their reason; waits for the broker's acknowledgement
     /// (a replay publishes them again: the source header tells copies apart).
     async fn dead_letter(&self, plan: &Plan, dead_letters: &[DeadLetter]) -> Result<(), StoreError> {
-        let acks = Acks::new();
-        for (index, dead_letter) in dead_letters.iter().enumerate() {
+        let acks = self.publisher.acks();
+        for dead_letter in dead_letters {
             let source = format!("{}/{}/{}", plan.topic, plan.kafka_partition, dead_letter.offset);
             let headers: [(&str, &[u8]); 4] = [
                 (HEADER_DLQ_REASON, dead_letter.reason.as_bytes()),
@@ -217,15 +216,12 @@ impl BatchWriter {
                 payload: &dead_letter.payload,
                 headers: &headers,
             };
-            if let Err(error) = self.publisher.enqueue(&acks, index, record) {
+            if let Err(error) = self.publisher.enqueue(&acks, record) {
                 // Whatever was queued is still acknowledged before the batch is retried.
                 acks.settled().await;
                 return Err(StoreError::DeadLetter(error.to_string()));
             }
         }
-        match acks.settled().await.pop() {
-            None => Ok(()),
-            Some((_, error)) => Err(StoreError::DeadLetter(error.to_string())),
-        }
+        acks.settled().await.into_result().map_err(|e| StoreError::DeadLetter(e.to_string()))
     }
 }

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::Value;
-use tally_kit::acks::Acks;
 use tally_kit::producer::{PublishError, Publisher, Record};
 use tally_kit::tenants::TenantDirectory;
 use tally_schemas::topics::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_STAGE};
@@ -167,13 +166,13 @@ fn reason(error: &EventError) -> &'static str {
 
 async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let (accepted, dead_letters) = (Acks::new(), Acks::new());
+    let (accepted, dead_letters) = (state.publisher.acks(), state.publisher.acks());
     let mut published = vec![false; items.len()];
     let mut overloaded = false;
     let mut refused = None;
     for (index, item) in items.iter().enumerate() {
         match &item.outcome {
-            Ok(event) => match state.publisher.enqueue_usage(&accepted, index, &state.topics.usage_events, event) {
+            Ok(event) => match state.publisher.enqueue_usage(&accepted, &state.topics.usage_events, event) {
                 Ok(()) => published[index] = true,
                 Err(PublishError::QueueFull) => {
                     overloaded = true;
@@ -196,7 +195,7 @@ async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, Api
                 let key = item.tenant().unwrap_or_default().as_bytes();
                 let record =
                     Record { topic: &state.topics.dead_letter, key, payload: item.raw.as_bytes(), headers: &headers };
-                if let Err(error) = state.publisher.enqueue(&dead_letters, index, record) {
+                if let Err(error) = state.publisher.enqueue(&dead_letters, record) {
                     state.metrics.dead_letter_failures.inc();
                     tracing::warn!(%error, reason, "refused event not dead-lettered");
                 }
@@ -205,14 +204,23 @@ async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, Api
     }
 
     // Every queued message settles before the answer, also when the request fails part-way.
-    let mut failure = None;
-    for (index, error) in accepted.settled().await {
-        published[index] = false;
-        failure = Some(error);
+    let settlement = accepted.settled().await;
+    if !settlement.is_complete() {
+        for (item, published) in items.iter().zip(published.iter_mut()) {
+            if let Ok(event) = &item.outcome
+                && settlement.may_have_lost(event.tenant_id().as_bytes(), event.id())
+            {
+                *published = false;
+            }
+        }
     }
-    for (_, error) in dead_letters.settled().await {
-        state.metrics.dead_letter_failures.inc();
-        tracing::warn!(%error, "refused event not dead-lettered");
+    let mut failure = settlement.into_result().err();
+    let dead_lettered = dead_letters.settled().await;
+    if !dead_lettered.is_complete() {
+        let lost = dead_lettered.failures.len() + dead_lettered.unreported;
+        state.metrics.dead_letter_failures.inc_by(lost as u64);
+        let error = dead_lettered.into_result().err().map(|e| e.to_string()).unwrap_or_default();
+        tracing::warn!(lost, error, "refused events not dead-lettered");
     }
     if let Some(error) = refused {
         failure.get_or_insert(PublishError::NotAcknowledged(error));

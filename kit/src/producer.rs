@@ -50,6 +50,8 @@ type KafkaProducer = ThreadedProducer<DeliveryReports>;
 pub struct Publisher {
     producer: Arc<RwLock<KafkaProducer>>,
     config: Arc<rdkafka::ClientConfig>,
+    /// How long a batch waits for its reports: the message timeout, and then some.
+    patience: Duration,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -73,9 +75,15 @@ pub fn producer_config(kafka: &KafkaConfig, config: &ProducerConfig) -> rdkafka:
 
 impl Publisher {
     pub fn new(kafka: &KafkaConfig, config: &ProducerConfig) -> Result<Self, KafkaError> {
+        let patience = Duration::from_millis(config.message_timeout_ms) + Duration::from_secs(5);
         let config = producer_config(kafka, config);
         let producer = config.create_with_context(DeliveryReports)?;
-        Ok(Self { producer: Arc::new(RwLock::new(producer)), config: Arc::new(config) })
+        Ok(Self { producer: Arc::new(RwLock::new(producer)), config: Arc::new(config), patience })
+    }
+
+    /// A new batch to enqueue messages in.
+    pub fn acks(&self) -> Acks {
+        Acks::new(self.patience)
     }
 
     fn current(&self) -> KafkaProducer {
@@ -98,15 +106,15 @@ impl Publisher {
         Ok(())
     }
 
-    /// Puts one message on the queue as message `index` of `acks`. An error means the message
-    /// was not queued (and is not part of `acks`).
-    pub fn enqueue(&self, acks: &Acks, index: usize, record: Record<'_>) -> Result<(), PublishError> {
+    /// Puts one message on the queue as part of `acks`. An error means the message was not
+    /// queued (and is not part of `acks`).
+    pub fn enqueue(&self, acks: &Acks, record: Record<'_>) -> Result<(), PublishError> {
         let base_record = || {
             let mut owned = OwnedHeaders::new_with_capacity(record.headers.len());
             for (name, value) in record.headers {
                 owned = owned.insert(Header { key: name, value: Some(*value) });
             }
-            BaseRecord::with_opaque_to(record.topic, acks.token(index))
+            BaseRecord::with_opaque_to(record.topic, acks.token())
                 .key(record.key)
                 .payload(record.payload)
                 .headers(owned)
@@ -116,7 +124,7 @@ impl Publisher {
             match producer.send(base_record()) {
                 Ok(()) => return Ok(()),
                 Err((error, rejected)) => {
-                    rejected.delivery_opaque.withdraw();
+                    acks.withdraw(rejected.delivery_opaque);
                     let queue_full = matches!(error, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
                     if queue_full || producer.client().fatal_error().is_none() {
                         return Err(refusal(error));
@@ -127,24 +135,18 @@ impl Publisher {
         };
         self.replace(failed).map_err(PublishError::NotAcknowledged)?;
         self.current().send(base_record()).map_err(|(error, rejected)| {
-            rejected.delivery_opaque.withdraw();
+            acks.withdraw(rejected.delivery_opaque);
             refusal(error)
         })
     }
 
-    /// Puts a usage event on `topic` in its wire form as message `index` of `acks`: JSON payload
-    /// (see [`tally_schemas::topics::SCHEMA_VERSION`]), tenant id as key, event id in a header.
-    pub fn enqueue_usage(
-        &self,
-        acks: &Acks,
-        index: usize,
-        topic: &str,
-        event: &impl UsageMessage,
-    ) -> Result<(), PublishError> {
+    /// Puts a usage event on `topic` in its wire form as part of `acks`: JSON payload (see
+    /// [`tally_schemas::topics::SCHEMA_VERSION`]), tenant id as key, event id in a header.
+    pub fn enqueue_usage(&self, acks: &Acks, topic: &str, event: &impl UsageMessage) -> Result<(), PublishError> {
         let payload = event.payload();
         let headers: [(&str, &[u8]); 1] = [(HEADER_EVENT_ID, event.event_id().as_bytes())];
         let record = Record { topic, key: topics::message_key(event.tenant()), payload: &payload, headers: &headers };
-        self.enqueue(acks, index, record)
+        self.enqueue(acks, record)
     }
 
     /// Messages not yet acknowledged by the broker.

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use clickhouse::Row;
 use serde::Deserialize;
 use tally_aggregator::{Aggregator, AggregatorConfig};
-use tally_kit::acks::Acks;
 use tally_kit::config::{KafkaConfig, ProducerConfig};
 use tally_kit::producer::{Publisher, Record};
 use tally_schemas::Topics;
@@ -235,18 +234,18 @@ pub async fn send_all(publisher: &Publisher, topic: &str, sends: &[Send]) {
         loop {
             let pending = match send {
                 Send::Event(event) => {
-                    let acks = Acks::new();
-                    publisher.enqueue_usage(&acks, 0, topic, event).map(|()| acks)
+                    let acks = publisher.acks();
+                    publisher.enqueue_usage(&acks, topic, event).map(|()| acks)
                 }
                 Send::Invalid(key, payload) => {
-                    let acks = Acks::new();
+                    let acks = publisher.acks();
                     publisher
-                        .enqueue(&acks, 0, Record { topic, key: key.as_bytes(), payload, headers: &[] })
+                        .enqueue(&acks, Record { topic, key: key.as_bytes(), payload, headers: &[] })
                         .map(|()| acks)
                 }
             };
             match pending {
-                Ok(acks) => match acks.settled().await.pop().map_or(Ok(()), |(_, error)| Err(error)) {
+                Ok(acks) => match acks.settled().await.into_result() {
                     Ok(()) => break,
                     Err(error) => eprintln!("send not acknowledged: {error}"),
                 },

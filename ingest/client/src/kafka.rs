@@ -5,7 +5,6 @@
 //! check in this mode: it is for trusted services inside the platform; the aggregator still
 //! validates every message and dead-letters what it cannot count.
 
-use tally_kit::acks::Acks;
 use tally_kit::config::{KafkaConfig, ProducerConfig};
 use tally_kit::producer::{PublishError, Publisher};
 use tally_schemas::Topics;
@@ -27,16 +26,16 @@ impl KafkaTransport {
     }
 
     pub(crate) async fn send(&self, batch: &[Queued]) -> Attempt {
-        let acks = Acks::new();
+        let acks = self.publisher.acks();
         let mut refused: Option<PublishError> = None;
-        for (index, queued) in batch.iter().enumerate() {
-            if let Err(error) = self.publisher.enqueue_usage(&acks, index, &self.topic, &queued.event) {
+        for queued in batch {
+            if let Err(error) = self.publisher.enqueue_usage(&acks, &self.topic, &queued.event) {
                 refused = Some(error);
                 break;
             }
         }
         // Whatever was queued settles before the batch is retried, so a retry never races it.
-        let failure = acks.settled().await.pop().map(|(_, error)| error);
+        let failure = acks.settled().await.into_result().err();
         // Resending the whole batch is safe: the aggregator counts each (tenant, id) once.
         match refused.or(failure) {
             None => Attempt::Done(vec![Ok(()); batch.len()]),
