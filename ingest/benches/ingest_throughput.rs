@@ -27,7 +27,7 @@ use tally_ingest::{Ingest, auth};
 use tally_kit::config::KafkaConfig;
 use tally_schemas::topics::HEADER_EVENT_ID;
 use tally_schemas::{MetricCatalogue, Topics, UsageEvent, ValidationContext};
-use tally_testkit::bench::{arg, peak_rss_mib, spread};
+use tally_testkit::bench::{arg, peak_rss_mib, process_cpu_seconds, spread};
 use tally_testkit::{TestPostgres, unique_name};
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +76,7 @@ fn producer(kafka: &KafkaConfig, config: &ProducerConfig) -> BareProducer {
 
 /// The baseline: the messages ingest would write (key, payload, event id header), straight to the
 /// broker, acknowledgements counted by the delivery callback.
-async fn bare_producer(producer: &BareProducer, topic: &str, round: usize, events: usize) -> f64 {
+async fn bare_producer(producer: &BareProducer, topic: &str, round: usize, events: usize) -> Phase {
     let catalogue = MetricCatalogue::default();
     let ctx = ValidationContext::new(&catalogue, chrono::Utc::now());
     let messages: Vec<(String, String, Vec<u8>)> = (0..events)
@@ -87,7 +87,7 @@ async fn bare_producer(producer: &BareProducer, topic: &str, round: usize, event
         .collect();
     let reports = producer.context();
     let before = reports.acknowledged.load(Ordering::Relaxed);
-    let started = Instant::now();
+    let phase = Phase::start();
     for (key, id, payload) in &messages {
         loop {
             let headers = OwnedHeaders::new_with_capacity(1).insert(Header { key: HEADER_EVENT_ID, value: Some(id) });
@@ -101,7 +101,38 @@ async fn bare_producer(producer: &BareProducer, topic: &str, round: usize, event
         assert_eq!(reports.failed.load(Ordering::Relaxed), 0, "every message acknowledged");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    events as f64 / started.elapsed().as_secs_f64()
+    phase.end(events)
+}
+
+/// One side's measured phase: events per second, and the bench process's CPU time per event (the
+/// broker's is not in it).
+#[derive(Clone, Copy)]
+struct Phase {
+    rate: f64,
+    cpu_micros_per_event: f64,
+}
+
+struct PhaseStart {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Phase {
+    const SKIPPED: Phase = Phase { rate: f64::NAN, cpu_micros_per_event: f64::NAN };
+
+    fn start() -> PhaseStart {
+        PhaseStart { wall: Instant::now(), cpu: process_cpu_seconds() }
+    }
+}
+
+impl PhaseStart {
+    fn end(self, events: usize) -> Phase {
+        let cpu = process_cpu_seconds() - self.cpu;
+        Phase {
+            rate: events as f64 / self.wall.elapsed().as_secs_f64(),
+            cpu_micros_per_event: cpu * 1e6 / events as f64,
+        }
+    }
 }
 
 /// The part of ingest's answer the load generator reads.
@@ -111,7 +142,7 @@ struct Accepted {
 }
 
 /// Ingest over HTTP: `concurrency` clients post pre-built batches until `events` are acknowledged.
-async fn http_ingest(url: &str, key: &str, round: usize, events: usize, batch: usize, concurrency: usize) -> f64 {
+async fn http_ingest(url: &str, key: &str, round: usize, events: usize, batch: usize, concurrency: usize) -> Phase {
     let bodies: Vec<Vec<u8>> = (0..events)
         .step_by(batch)
         .map(|start| {
@@ -121,7 +152,7 @@ async fn http_ingest(url: &str, key: &str, round: usize, events: usize, batch: u
         .collect();
     let bodies = Arc::new(tokio::sync::Mutex::new(bodies));
     let client = reqwest::Client::new();
-    let started = Instant::now();
+    let phase = Phase::start();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (bodies, client, url, key) = (bodies.clone(), client.clone(), url.to_owned(), key.to_owned());
@@ -161,7 +192,7 @@ async fn http_ingest(url: &str, key: &str, round: usize, events: usize, batch: u
         accepted += worker.await.unwrap();
     }
     assert_eq!(accepted, events as u64, "every event acknowledged");
-    events as f64 / started.elapsed().as_secs_f64()
+    phase.end(events)
 }
 
 fn main() {
@@ -212,40 +243,50 @@ fn main() {
             // order alternates so neither side always follows the other.
             let measure_bare = async || {
                 tally_testkit::bench::settle().await;
-                let rate = bare_producer(&bare_client, &baseline_topic, round, events).await;
+                let phase = bare_producer(&bare_client, &baseline_topic, round, events).await;
                 tally_testkit::delete_topics(&kafka, &[&baseline_topic]).await;
-                rate
+                phase
             };
             let measure_http = async || {
                 tally_testkit::bench::settle().await;
                 http_ingest(&url, &key, round, events, batch, concurrency).await
             };
-            let (bare_rate, http_rate) = match (http_only, round % 2) {
-                (true, _) => (f64::NAN, measure_http().await),
+            let (bare_phase, http_phase) = match (http_only, round % 2) {
+                (true, _) => (Phase::SKIPPED, measure_http().await),
                 (false, 1) => {
-                    let bare_rate = measure_bare().await;
-                    (bare_rate, measure_http().await)
+                    let bare_phase = measure_bare().await;
+                    (bare_phase, measure_http().await)
                 }
                 (false, _) => {
-                    let http_rate = measure_http().await;
-                    (measure_bare().await, http_rate)
+                    let http_phase = measure_http().await;
+                    (measure_bare().await, http_phase)
                 }
             };
             stopping.cancel();
             running.await.unwrap().unwrap();
             tally_testkit::delete_topics(&kafka, &[&topics.usage_events, &topics.dead_letter]).await;
-            bare.push(bare_rate);
-            http.push(http_rate);
-            println!("round {round}: bare producer {bare_rate:>9.0} events/s, HTTP ingest {http_rate:>9.0} events/s");
+            bare.push(bare_phase);
+            http.push(http_phase);
+            println!(
+                "round {round}: bare producer {:>9.0} events/s ({:.2} us CPU/event), HTTP ingest {:>9.0} events/s ({:.2} us CPU/event)",
+                bare_phase.rate, bare_phase.cpu_micros_per_event, http_phase.rate, http_phase.cpu_micros_per_event
+            );
         }
-        let ratios: Vec<f64> = http.iter().zip(&bare).map(|(h, b)| h / b).collect();
-        let (bare, http, ratio) = (spread(bare), spread(http), spread(ratios));
+        let ratios: Vec<f64> = http.iter().zip(&bare).map(|(h, b)| h.rate / b.rate).collect();
+        let cpu = |phases: &[Phase]| spread(phases.iter().map(|p| p.cpu_micros_per_event).collect());
+        let (bare_cpu, http_cpu) = (cpu(&bare), cpu(&http));
+        let rates = |phases: &[Phase]| spread(phases.iter().map(|p| p.rate).collect());
+        let (bare, http, ratio) = (rates(&bare), rates(&http), spread(ratios));
         println!(
             "events per round {events}, batch {batch}, {concurrency} clients, {rounds} rounds (min / median / max)"
         );
         println!("bare rdkafka producer: {:.0} / {:.0} / {:.0} events/s", bare.0, bare.1, bare.2);
         println!("HTTP batch ingest:     {:.0} / {:.0} / {:.0} events/s", http.0, http.1, http.2);
         println!("ratio ingest / bare per round: {:.2} / {:.2} / {:.2} (goal >= 0.80)", ratio.0, ratio.1, ratio.2);
+        println!(
+            "bench process CPU per event (load generator included, broker not): bare {:.2} / {:.2} / {:.2} us, ingest {:.2} / {:.2} / {:.2} us",
+            bare_cpu.0, bare_cpu.1, bare_cpu.2, http_cpu.0, http_cpu.1, http_cpu.2
+        );
         println!("peak RSS (bench process: ingest + load + baseline): {:.0} MiB", peak_rss_mib());
         pg.drop_database().await;
     });
