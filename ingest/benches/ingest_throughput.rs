@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use axum::body::Bytes;
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -143,11 +144,12 @@ struct Accepted {
 
 /// Ingest over HTTP: `concurrency` clients post pre-built batches until `events` are acknowledged.
 async fn http_ingest(url: &str, key: &str, round: usize, events: usize, batch: usize, concurrency: usize) -> Phase {
-    let bodies: Vec<Vec<u8>> = (0..events)
+    // `Bytes`, so that sending (and resending) a body does not copy it.
+    let bodies: Vec<Bytes> = (0..events)
         .step_by(batch)
         .map(|start| {
-            serde_json::to_vec(&(start..(start + batch).min(events)).map(|i| event(round, i)).collect::<Vec<_>>())
-                .unwrap()
+            let batch: Vec<Value> = (start..(start + batch).min(events)).map(|i| event(round, i)).collect();
+            Bytes::from(serde_json::to_vec(&batch).unwrap())
         })
         .collect();
     let bodies = Arc::new(tokio::sync::Mutex::new(bodies));
