@@ -86,28 +86,33 @@ async fn check_tenants(state: &AppState, principal: &Principal, items: &mut [Ite
             None => return Err(ApiError::Forbidden(format!("tenant {own:?} is not in the tenant registry"))),
         }
     }
+    // One registry answer per distinct tenant of the request; one map lookup per event.
     let mut verdicts: HashMap<String, Option<Violation>> = HashMap::new();
     for item in items.iter_mut() {
         let Ok(event) = &item.outcome else { continue };
         let tenant = event.tenant_id();
-        if !verdicts.contains_key(tenant) {
-            let verdict = match state.tenants.lookup(tenant).await.map_err(unavailable)? {
-                Some(record) if record.is_active() => None,
-                Some(record) => Some(Violation::new(
-                    "tenant_id",
-                    Rule::Unsupported,
-                    format!("tenant {tenant:?} is {}: it may not send usage", record.status),
-                )),
-                None => Some(Violation::new(
-                    "tenant_id",
-                    Rule::Unsupported,
-                    format!("tenant {tenant:?} is not in the tenant registry"),
-                )),
-            };
-            verdicts.insert(tenant.to_owned(), verdict);
-        }
-        if let Some(Some(violation)) = verdicts.get(tenant) {
-            item.outcome = Err(EventError::Invalid(vec![violation.clone()]));
+        let refusal = match verdicts.get(tenant) {
+            Some(verdict) => verdict.clone(),
+            None => {
+                let verdict = match state.tenants.lookup(tenant).await.map_err(unavailable)? {
+                    Some(record) if record.is_active() => None,
+                    Some(record) => Some(Violation::new(
+                        "tenant_id",
+                        Rule::Unsupported,
+                        format!("tenant {tenant:?} is {}: it may not send usage", record.status),
+                    )),
+                    None => Some(Violation::new(
+                        "tenant_id",
+                        Rule::Unsupported,
+                        format!("tenant {tenant:?} is not in the tenant registry"),
+                    )),
+                };
+                verdicts.insert(tenant.to_owned(), verdict.clone());
+                verdict
+            }
+        };
+        if let Some(violation) = refusal {
+            item.outcome = Err(EventError::Invalid(vec![violation]));
         }
     }
     Ok(())
