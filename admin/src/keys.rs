@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use anyhow::Context;
 use clap::Subcommand;
-use tally_ingest::auth;
+use tally_kit::auth::{self, Scope};
 use tally_schemas::TenantId;
 
 use crate::AdminConfig;
@@ -13,10 +13,14 @@ use crate::AdminConfig;
 pub enum KeyCommand {
     /// Create a key; prints the token once (it is stored only hashed).
     Create {
-        /// The tenant the key writes for.
-        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        /// A tenant key: it acts for this tenant only.
+        #[arg(long, required_unless_present_any = ["admin", "service"], conflicts_with_all = ["admin", "service"])]
         tenant: Option<String>,
-        /// An admin (service) key that may write for any tenant.
+        /// A service key (API gateway, Envoy, an emitter for many tenants): sends usage for and
+        /// checks any tenant, reads no tenant's limits or denials.
+        #[arg(long, conflicts_with = "admin")]
+        service: bool,
+        /// An admin key: everything, for every tenant.
         #[arg(long)]
         admin: bool,
         /// A note saying who holds the key.
@@ -40,10 +44,19 @@ pub async fn run(config: &AdminConfig, command: KeyCommand) -> anyhow::Result<St
     let pool = tally_kit::postgres::pool(&config.postgres)?;
     let mut report = String::new();
     match command {
-        KeyCommand::Create { tenant, admin: _, label } => {
+        KeyCommand::Create { tenant, service, admin: _, label } => {
             let tenant = tenant.as_deref().map(tenant_id).transpose()?;
-            let key = auth::create_key(&pool, tenant.as_ref(), &label).await.context("creating the key")?;
-            let scope = tenant.map_or_else(|| "admin (any tenant)".to_owned(), |t| format!("tenant {t}"));
+            let scope = match (&tenant, service) {
+                (Some(_), _) => Scope::Tenant,
+                (None, true) => Scope::Service,
+                (None, false) => Scope::Admin,
+            };
+            let key = auth::create_key(&pool, scope, tenant.as_ref(), &label).await.context("creating the key")?;
+            let scope = match (scope, tenant) {
+                (Scope::Tenant, Some(t)) => format!("tenant {t}"),
+                (Scope::Service, _) => "service (checks and usage of any tenant)".to_owned(),
+                _ => "admin (any tenant)".to_owned(),
+            };
             writeln!(report, "created key {} for {scope}; the token is shown only now:", key.prefix)?;
             writeln!(report, "{}", key.token)?;
         }
@@ -57,7 +70,7 @@ pub async fn run(config: &AdminConfig, command: KeyCommand) -> anyhow::Result<St
             let tenant = tenant.as_deref().map(tenant_id).transpose()?;
             for key in auth::list_keys(&pool, tenant.as_ref()).await.context("listing keys")? {
                 let state = key.revoked_at.map_or_else(|| "active".to_owned(), |at| format!("revoked {at}"));
-                let scope = key.tenant_id.unwrap_or_else(|| "(admin)".to_owned());
+                let scope = key.tenant_id.unwrap_or_else(|| format!("({})", key.scope));
                 writeln!(report, "{}  {scope:<24} {state:<32} {}  {}", key.prefix, key.created_at, key.label)?;
             }
         }

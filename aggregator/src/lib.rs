@@ -12,7 +12,6 @@ pub mod metrics;
 pub mod partitions;
 pub mod rollup;
 pub mod store;
-pub mod usage;
 pub mod writer;
 
 use std::collections::HashMap;

@@ -5,63 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
-use clickhouse::Row;
-use serde::Serialize;
+use chrono::{DateTime, Utc};
+pub use tally_kit::rollups::{Granularity, RollupRow};
 use tally_schemas::{MetricCatalogue, MetricKind, UsageEvent};
-
-/// The window sizes rollups are kept at, in UTC. Other time zones are answered from `minute`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Granularity {
-    Minute,
-    Hour,
-    Day,
-    Month,
-}
-
-impl Granularity {
-    pub const ALL: [Granularity; 4] = [Granularity::Minute, Granularity::Hour, Granularity::Day, Granularity::Month];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Granularity::Minute => "minute",
-            Granularity::Hour => "hour",
-            Granularity::Day => "day",
-            Granularity::Month => "month",
-        }
-    }
-
-    /// The start of the window holding `at`.
-    pub fn window_start(self, at: DateTime<Utc>) -> DateTime<Utc> {
-        let naive = at.naive_utc();
-        let date = naive.date();
-        let floored = match self {
-            Granularity::Minute => date.and_hms_opt(naive.hour(), naive.minute(), 0),
-            Granularity::Hour => date.and_hms_opt(naive.hour(), 0, 0),
-            Granularity::Day => date.and_hms_opt(0, 0, 0),
-            Granularity::Month => date.with_day(1).and_then(|first| first.and_hms_opt(0, 0, 0)),
-        };
-        // Every component above is in range for any valid date, so flooring cannot fail.
-        floored.map_or(at, |naive| Utc.from_utc_datetime(&naive))
-    }
-}
-
-/// One row of `usage_rollups` (see `schemas/clickhouse/0002_aggregator.sql`).
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
-pub struct RollupRow {
-    pub granularity: &'static str,
-    /// Seconds since the epoch (`DateTime('UTC')`).
-    pub window_start: u32,
-    pub tenant_id: String,
-    pub metric: String,
-    pub events: u64,
-    /// Units of 10⁻⁹ (`Decimal(38, 9)`).
-    pub value_sum: i128,
-    pub value_max: i128,
-    /// (event time in ns, event id, value): the largest is the latest, ties broken by id.
-    pub latest: (i64, String, i128),
-    pub distinct_values: Vec<String>,
-}
 
 #[derive(Debug)]
 struct Partial {
@@ -144,15 +90,6 @@ mod tests {
             source: "test".to_owned(),
             attributes: user.map(|u| [("user_id".to_owned(), u.to_owned())].into()).unwrap_or_default(),
         }
-    }
-
-    #[test]
-    fn windows_floor_in_utc() {
-        let at: DateTime<Utc> = "2026-03-31T23:59:59.999Z".parse().unwrap();
-        assert_eq!(Granularity::Minute.window_start(at).to_rfc3339(), "2026-03-31T23:59:00+00:00");
-        assert_eq!(Granularity::Hour.window_start(at).to_rfc3339(), "2026-03-31T23:00:00+00:00");
-        assert_eq!(Granularity::Day.window_start(at).to_rfc3339(), "2026-03-31T00:00:00+00:00");
-        assert_eq!(Granularity::Month.window_start(at).to_rfc3339(), "2026-03-01T00:00:00+00:00");
     }
 
     #[test]

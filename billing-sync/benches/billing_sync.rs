@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use chrono::Utc;
 use futures_util::StreamExt;
-use tally_aggregator::rollup::RollupRow;
 use tally_billing_sync::{BillingConfig, BillingSync};
+use tally_kit::rollups::RollupRow;
 use tally_stripe_fake::Fake;
 use tally_testkit::bench::{arg, peak_rss_mib};
 use tally_testkit::{TestClickHouse, TestPostgres};

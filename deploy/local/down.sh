@@ -26,6 +26,8 @@ stop enforcer
 stop stripe-fake
 stop kafka
 stop clickhouse
+# Redis is stopped only if the stack started it (its pid file); the machine's own is left running.
+stop redis
 if [ "${1:-}" = "--purge" ]; then
   say "deleting $STACK_DIR"
   rm -rf "$STACK_DIR"

@@ -3,6 +3,8 @@
 #   * a Kafka-protocol broker (noida-db),
 #   * ClickHouse 26.9 (the chdb-core wheel, serving HTTP and native),
 #   * PostgreSQL (the machine's; installed with apt-get if absent),
+#   * Redis (the machine's, or one started here; installed with apt-get if absent), where the
+#     enforcer keeps rate-limit state shared by its replicas,
 # then applies the PostgreSQL migrations and the ClickHouse DDL, creates the topics, and runs the
 # pipeline's services that exist so far (ingest, aggregator, enforcer), with a demo tenant, its API key and a first event.
 # Installs only what is missing; running it again is harmless. Stop with deploy/local/down.sh.
@@ -57,6 +59,26 @@ ensure_postgres() {
   fi
 }
 
+# apt_install PACKAGE...: installs Debian packages (once per machine).
+apt_install() {
+  command -v apt-get >/dev/null || die "$* missing and apt-get is absent: install $*"
+  say "installing $* (apt-get)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >"$LOG_DIR/install-$1.log" 2>&1 \
+    || die "installing $* failed: see $LOG_DIR/install-$1.log"
+}
+
+ensure_redis() {
+  # Tests start Redis servers of their own too (outage tests), and make RSA keys with openssl.
+  command -v redis-server >/dev/null || apt_install redis-server
+  command -v openssl >/dev/null || apt_install openssl
+  if port_open "$REDIS_PORT"; then return; fi
+  say "starting Redis on 127.0.0.1:$REDIS_PORT (keeps nothing on disk)"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" >/dev/null \
+    || die "redis-server did not start: see $LOG_DIR/redis.log"
+  wait_for redis 20 port_open "$REDIS_PORT" || die "Redis did not start on 127.0.0.1:$REDIS_PORT: see $LOG_DIR/redis.log"
+}
+
 # refuse_taken_port NAME PORT: fail with advice when PORT is held by something that is not ours.
 refuse_taken_port() {
   port_open "$2" && die "port $2 (for $1) is taken by another process: stop it, or pick another port with the TALLY_*_PORT variables (see README)"
@@ -103,6 +125,9 @@ export TALLY_TELEMETRY__FORMAT=text
 export TALLY_TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export TALLY_TEST_CLICKHOUSE_URL=http://127.0.0.1:$CLICKHOUSE_HTTP_PORT
 export TALLY_TEST_POSTGRES_URL=$(postgres_url postgres)
+export TALLY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export TALLY_ENFORCER__RATE__STORE=redis
+export TALLY_ENFORCER__RATE__REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 ENV
 }
 
@@ -178,14 +203,15 @@ show_counted() {
 # Asks the enforcer about the demo tenant: one rate check and its limits with current usage.
 show_enforced() {
   local answer
-  answer=$(python3 - "http://127.0.0.1:$ENFORCER_PORT" <<'PY'
+  answer=$(python3 - "http://127.0.0.1:$ENFORCER_PORT" "$(cat "$STACK_DIR/demo-key")" <<'PY'
 import json, sys, urllib.request
-base = sys.argv[1]
+base, key = sys.argv[1], sys.argv[2]
+auth = {"Authorization": f"Bearer {key}"}
 request = urllib.request.Request(f"{base}/v1/check/rate", data=json.dumps({"tenant_id": "demo"}).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **auth})
 with urllib.request.urlopen(request, timeout=5) as response:
     check = json.load(response)
-with urllib.request.urlopen(f"{base}/v1/tenants/demo/limits", timeout=5) as response:
+with urllib.request.urlopen(urllib.request.Request(f"{base}/v1/tenants/demo/limits", headers=auth), timeout=5) as response:
     limits = json.load(response)
 print(f"rate check: allowed={check['allowed']} remaining={check['remaining']}/{check['limit']}; "
       f"tier {limits['tier']}: users {limits['users']['used']}/{limits['users']['limit']}, "
@@ -247,6 +273,7 @@ main() {
   install_noida
   install_chdb
   ensure_postgres
+  ensure_redis
   start_kafka
   start_clickhouse
   write_env
@@ -279,7 +306,9 @@ Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
   Aggregator       http://127.0.0.1:$AGGREGATOR_PORT/metrics  (/livez /readyz; rollups in tally.usage_windows)
   Stripe fake      http://127.0.0.1:$STRIPE_FAKE_PORT/v1/…  (any key sk_test_…; state in $STACK_DIR/stripe-fake.json)
   Enforcer         http://127.0.0.1:$ENFORCER_PORT/v1/check/rate  (/v1/check/users, /v1/check/storage, /v1/check,
-                   /v1/tenants/{id}/limits; /livez /readyz /metrics; Envoy RLS gRPC on 127.0.0.1:8083)
+                   /v1/tenants/{id}/limits; /livez /readyz /metrics; Envoy RLS gRPC on 127.0.0.1:8083;
+                   send a key: the demo key, or tally-admin api-key create --service; rate state in Redis)
+  Redis            redis://127.0.0.1:$REDIS_PORT
 Environment for services and tests:  source $STACK_DIR/env
 Stop it with:                        deploy/local/down.sh
 DONE

@@ -35,7 +35,7 @@ use tally_enforcer::checks::Checks;
 use tally_enforcer::{Enforcer, EnforcerConfig};
 use tally_schemas::Tier;
 use tally_testkit::TestPostgres;
-use tally_testkit::bench::{arg, peak_rss_mib};
+use tally_testkit::bench::{arg, drive_checks, peak_rss_mib};
 use tokio_util::sync::CancellationToken;
 
 // Counts allocated bytes, to measure memory per tenant exactly.
@@ -79,15 +79,13 @@ fn checks_without_database(tenants: usize) -> (Arc<Checks>, isize) {
         registry.insert_active(&tenant(n), Tier::Standard);
     }
     let registry_bytes = live() - before;
-    let checks = Checks {
+    let checks = Checks::new(
         registry,
-        usage: Arc::new(tally_enforcer::usage::UsageCache::new("active_users", "storage_bytes")),
-        audit: tally_enforcer::audit::AuditLog::new(1_000),
-        alerts: Default::default(),
-        pool: tally_kit::postgres::pool(&config.postgres).unwrap(),
-        settings: config.enforcer.clone(),
-        metrics: tally_enforcer::metrics::EnforcerMetrics::register(&prometheus::Registry::new()).unwrap(),
-    };
+        tally_kit::postgres::pool(&config.postgres).unwrap(),
+        None,
+        config.enforcer.clone(),
+        tally_enforcer::metrics::EnforcerMetrics::register(&prometheus::Registry::new()).unwrap(),
+    );
     (Arc::new(checks), registry_bytes)
 }
 
@@ -101,7 +99,7 @@ fn in_process(tenants: usize, checks_count: usize) {
     let started = Instant::now();
     let mut allowed = 0usize;
     for &n in &walk {
-        allowed += usize::from(checks.rate(&names[n], one).allowed);
+        allowed += usize::from(checks.rate_in_memory(&names[n], one).allowed);
     }
     let tally_ns = ns_per(started, checks_count);
     let state_bytes = live() - before_state;
@@ -149,37 +147,6 @@ fn in_process(tenants: usize, checks_count: usize) {
     );
 }
 
-/// CLIENTS clients for SECONDS; returns (checks/s, p50 ms, p99 ms).
-async fn drive(url: String, tenants: usize, seconds: u64, clients: usize) -> (f64, f64, f64) {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let (http, url) = (http.clone(), url.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut n = c * 7_919;
-                while Instant::now() < deadline {
-                    n = (n + 104_729) % tenants;
-                    let body = json!({ "tenant_id": tenant(n) });
-                    let started = Instant::now();
-                    let response = http.post(&url).json(&body).send().await.unwrap();
-                    let _ = response.bytes().await.unwrap();
-                    latencies.push(started.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    all.sort();
-    let pick = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)].as_secs_f64() * 1_000.0;
-    (all.len() as f64 / seconds as f64, pick(0.5), pick(0.99))
-}
-
 async fn limitador_server(tenants: usize) -> std::net::SocketAddr {
     let limiter = Arc::new(limitador::RateLimiter::new(tenants as u64));
     limiter.add_limit(Limit::new("tally", 200, 1, [], [Expression::parse("tenant").unwrap()]));
@@ -209,6 +176,9 @@ async fn over_http(tenants: usize, seconds: u64, clients: usize) {
         .execute(&pg.pool)
         .await
         .unwrap();
+    // A service key, as an API gateway holds (authenticated like every caller; cached after the first).
+    let key =
+        tally_kit::auth::create_key(&pg.pool, tally_kit::auth::Scope::Service, None, "bench").await.unwrap().token;
     let mut config = EnforcerConfig { postgres: pg.config.clone(), ..EnforcerConfig::default() };
     config.enforcer.listen = "127.0.0.1:0".parse().unwrap();
     config.enforcer.grpc_listen = None;
@@ -224,8 +194,10 @@ async fn over_http(tenants: usize, seconds: u64, clients: usize) {
     let limitador_url = format!("http://{limitador}/check");
     println!("over HTTP on loopback, {tenants} tenants, {seconds} s per run (load generator in this process):");
     for load in [LIGHT_CLIENTS, clients] {
-        let (tally_rate, tally_p50, tally_p99) = drive(tally_url.clone(), tenants, seconds, load).await;
-        let (lim_rate, lim_p50, lim_p99) = drive(limitador_url.clone(), tenants, seconds, load).await;
+        let tally = drive_checks(&tally_url, &key, tenant, tenants, seconds, load).await;
+        let lim = drive_checks(&limitador_url, &key, tenant, tenants, seconds, load).await;
+        let (tally_rate, tally_p50, tally_p99) = (tally.per_second, tally.p50_ms, tally.p99_ms);
+        let (lim_rate, lim_p50, lim_p99) = (lim.per_second, lim.p50_ms, lim.p99_ms);
         println!("  {load} clients:");
         println!("    tally      {tally_rate:>9.0} checks/s  p50 {tally_p50:.3} ms  p99 {tally_p99:.3} ms");
         println!("    limitador  {lim_rate:>9.0} checks/s  p50 {lim_p50:.3} ms  p99 {lim_p99:.3} ms");

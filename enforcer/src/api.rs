@@ -1,35 +1,56 @@
 //! The HTTP JSON API: one endpoint per check, a combined check, reservations, and a tenant's
-//! limits with usage and its recent denials.
+//! limits with usage and its recent denials. Every handler runs after [`crate::access::authenticate`]
+//! and checks the tenant it is asked about against the caller's scope first.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tally_kit::auth::Principal;
 use tally_schemas::tiers::{Limit, RateLimit};
 
+use crate::access::{Access, Refusal};
 use crate::checks::Checks;
 use crate::decision::{Decision, Kind, Reason};
-use crate::reservations::{self, Resource};
+use crate::reservations::{self, Finished, MAX_AMOUNT, Resource};
 
-pub type AppState = Arc<Checks>;
-
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ApiState {
+    pub checks: Arc<Checks>,
+    pub access: Arc<Access>,
 }
 
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, Box<Response>> {
-    payload.map(|Json(value)| value).map_err(|rejection| {
-        Box::new(error(
-            rejection.status(),
-            format!("{}: send a JSON object as documented in the enforcer API", rejection.body_text()),
-        ))
+pub type AppState = Arc<ApiState>;
+
+fn error(status: StatusCode, reason: &str, message: String) -> Response {
+    (status, Json(json!({ "error": message, "reason": reason }))).into_response()
+}
+
+/// A request the handler cannot take, answered with its status and what to fix.
+#[derive(Debug)]
+struct BadRequest {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        error(self.status, "invalid", self.message)
+    }
+}
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, BadRequest> {
+    payload.map(|Json(value)| value).map_err(|rejection| BadRequest {
+        status: rejection.status(),
+        message: format!("{}: send a JSON object as documented in the enforcer API", rejection.body_text()),
     })
 }
 
@@ -71,6 +92,15 @@ fn timed(histogram: &prometheus::Histogram, started: Instant) {
     histogram.observe(started.elapsed().as_secs_f64());
 }
 
+fn amount_of(requested: Option<u64>, field: &str) -> Result<u64, BadRequest> {
+    let refused = |message: String| Err(BadRequest { status: StatusCode::UNPROCESSABLE_ENTITY, message });
+    match requested.unwrap_or(1) {
+        0 => refused(format!("{field} must be at least 1")),
+        n if n > MAX_AMOUNT => refused(format!("{field} must be at most {MAX_AMOUNT}")),
+        n => Ok(n),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateCheck {
@@ -80,14 +110,22 @@ pub struct RateCheck {
     pub cost: Option<NonZeroU32>,
 }
 
-pub async fn check_rate(State(checks): State<AppState>, payload: Result<Json<RateCheck>, JsonRejection>) -> Response {
+pub async fn check_rate(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    payload: Result<Json<RateCheck>, JsonRejection>,
+) -> Response {
     let started = Instant::now();
     let request = match body(payload) {
         Ok(request) => request,
-        Err(response) => return *response,
+        Err(refused) => return refused.into_response(),
     };
-    let decision = checks.rate(&request.tenant_id, request.cost.unwrap_or(NonZeroU32::MIN));
-    timed(&checks.metrics.endpoint_latency.rate, started);
+    let tenant = match state.access.act_for(&principal, &request.tenant_id) {
+        Ok(tenant) => tenant,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let decision = state.checks.rate(tenant, request.cost.unwrap_or(NonZeroU32::MIN)).await;
+    timed(&state.checks.metrics.endpoint_latency.rate, started);
     answer(decision)
 }
 
@@ -99,30 +137,45 @@ pub struct CapCheck {
     pub amount: Option<u64>,
 }
 
-async fn reserve(checks: &Checks, request: CapCheck, resource: Resource) -> Response {
+async fn reserve(
+    state: &ApiState,
+    principal: &Principal,
+    payload: Result<Json<CapCheck>, JsonRejection>,
+    resource: Resource,
+) -> Response {
     let started = Instant::now();
-    let amount = request.amount.unwrap_or(1);
-    if amount == 0 {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "amount must be at least 1".to_owned());
-    }
-    let decision = checks.reserve(&request.tenant_id, resource, amount).await;
-    let latency = &checks.metrics.endpoint_latency;
+    let request = match body(payload) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    let tenant = match state.access.act_for(principal, &request.tenant_id) {
+        Ok(tenant) => tenant,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let amount = match amount_of(request.amount, "amount") {
+        Ok(amount) => amount,
+        Err(refused) => return refused.into_response(),
+    };
+    let decision = state.checks.reserve(tenant, resource, amount).await;
+    let latency = &state.checks.metrics.endpoint_latency;
     timed(if resource == Resource::Users { &latency.users } else { &latency.storage }, started);
     answer(decision)
 }
 
-pub async fn check_users(State(checks): State<AppState>, payload: Result<Json<CapCheck>, JsonRejection>) -> Response {
-    match body(payload) {
-        Ok(request) => reserve(&checks, request, Resource::Users).await,
-        Err(response) => *response,
-    }
+pub async fn check_users(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    payload: Result<Json<CapCheck>, JsonRejection>,
+) -> Response {
+    reserve(&state, &principal, payload, Resource::Users).await
 }
 
-pub async fn check_storage(State(checks): State<AppState>, payload: Result<Json<CapCheck>, JsonRejection>) -> Response {
-    match body(payload) {
-        Ok(request) => reserve(&checks, request, Resource::Storage).await,
-        Err(response) => *response,
-    }
+pub async fn check_storage(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    payload: Result<Json<CapCheck>, JsonRejection>,
+) -> Response {
+    reserve(&state, &principal, payload, Resource::Storage).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,36 +193,58 @@ struct CombinedAnswer {
     decisions: Vec<Decision>,
 }
 
-/// Every check the request names; allowed only if all are. Holds taken for users or storage
-/// are released again when another check denies.
+/// Every check the request names; allowed only if all are. The caps are decided first and the
+/// rate last, only when every cap allowed: a denied request spends no rate cells, and holds taken
+/// are released again when the rate denies. A check after a denial is not evaluated (absent).
 pub async fn check_all(
-    State(checks): State<AppState>,
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     payload: Result<Json<CombinedCheck>, JsonRejection>,
 ) -> Response {
     let started = Instant::now();
     let request = match body(payload) {
         Ok(request) => request,
-        Err(response) => return *response,
+        Err(refused) => return refused.into_response(),
     };
-    let mut decisions = Vec::new();
-    if let Some(cost) = request.rate_cost {
-        decisions.push(checks.rate(&request.tenant_id, cost));
+    let tenant = match state.access.act_for(&principal, &request.tenant_id) {
+        Ok(tenant) => tenant,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if request.rate_cost.is_none() && request.users.is_none() && request.storage_bytes.is_none() {
+        let message = "name at least one of rate_cost, users, storage_bytes".to_owned();
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message);
     }
-    for (amount, resource) in [(request.users, Resource::Users), (request.storage_bytes, Resource::Storage)] {
-        if let Some(amount) = amount.filter(|a| *a > 0) {
-            decisions.push(checks.reserve(&request.tenant_id, resource, amount).await);
+    let checks = &state.checks;
+    let mut decisions = Vec::new();
+    for (amount, resource, field) in
+        [(request.users, Resource::Users, "users"), (request.storage_bytes, Resource::Storage, "storage_bytes")]
+    {
+        let Some(requested) = amount else { continue };
+        let amount = match amount_of(Some(requested), field) {
+            Ok(amount) => amount,
+            Err(refused) => return refused.into_response(),
+        };
+        let decision = checks.reserve(tenant, resource, amount).await;
+        let denied = !decision.allowed;
+        decisions.push(decision);
+        if denied {
+            break;
         }
     }
-    if decisions.is_empty() {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "name at least one of rate_cost, users, storage_bytes".to_owned(),
-        );
+    if let Some(cost) = request.rate_cost
+        && decisions.iter().all(|d| d.allowed)
+    {
+        decisions.push(checks.rate(tenant, cost).await);
     }
     let allowed = decisions.iter().all(|d| d.allowed);
     if !allowed {
-        for id in decisions.iter_mut().filter_map(|d| d.reservation_id.take()) {
-            let _released = reservations::release(&checks.pool, &id).await;
+        for decision in decisions.iter_mut().filter(|d| d.reservation_id.is_some()) {
+            let resource = if decision.kind == Kind::Users { Resource::Users } else { Resource::Storage };
+            if let Some(id) = decision.reservation_id.take()
+                && let Err(failure) = reservations::release(&checks.pool, &id, tenant, resource).await
+            {
+                tracing::warn!(tenant, reservation = id, error = %failure, "releasing a hold failed: it expires");
+            }
         }
     }
     timed(&checks.metrics.endpoint_latency.combined, started);
@@ -181,63 +256,162 @@ pub async fn check_all(
     (status, headers, Json(CombinedAnswer { allowed, decisions })).into_response()
 }
 
-pub async fn commit(State(checks): State<AppState>, Path(id): Path<String>) -> Response {
-    match reservations::commit(&checks.pool, &id, checks.settings.committed_ttl_secs).await {
-        Ok(true) => Json(json!({ "reservation_id": id, "state": "committed" })).into_response(),
-        Ok(false) => {
-            error(StatusCode::NOT_FOUND, format!("reservation {id} is unknown, released or expired: reserve again"))
+/// Which hold a commit or release is about, besides its id.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finish {
+    /// Required with a service or admin key; a tenant key's own tenant otherwise.
+    pub tenant_id: Option<String>,
+    /// `users` or `storage`, as the reservation's decision said (`kind`).
+    pub kind: Resource,
+}
+
+enum Step {
+    Commit,
+    Release,
+}
+
+async fn finish(
+    state: &ApiState,
+    principal: &Principal,
+    id: &str,
+    payload: Result<Json<Finish>, JsonRejection>,
+    step: Step,
+) -> Response {
+    let request = match body(payload) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    let tenant = match (&request.tenant_id, principal) {
+        (Some(tenant), _) => tenant.as_str(),
+        (None, Principal::Tenant(own)) => own.as_str(),
+        (None, _) => {
+            let message = "name the reservation's tenant_id: a service or admin key acts for any tenant".to_owned();
+            return Refusal::Invalid(message).into_response();
         }
-        Err(failure) => error(StatusCode::SERVICE_UNAVAILABLE, format!("committing failed: {failure}")),
+    };
+    let tenant = match state.access.act_for(principal, tenant) {
+        Ok(tenant) => tenant,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let not_found = || {
+        let message = format!(
+            "reservation {id} of tenant {tenant} ({}) is unknown, released or expired: reserve again",
+            request.kind.as_str()
+        );
+        error(StatusCode::NOT_FOUND, "unknown_reservation", message)
+    };
+    // Reservation ids are UUIDs; anything else cannot be one.
+    if id.len() > 64 || uuid::Uuid::parse_str(id).is_err() {
+        return not_found();
+    }
+    let pool = &state.checks.pool;
+    let outcome = match step {
+        Step::Commit => {
+            reservations::commit(pool, id, tenant, request.kind, state.checks.settings.committed_ttl_secs).await
+        }
+        Step::Release => reservations::release(pool, id, tenant, request.kind).await,
+    };
+    match (outcome, step) {
+        (Ok(Finished::Done), Step::Commit) | (Ok(Finished::Committed), Step::Commit) => {
+            Json(json!({ "reservation_id": id, "tenant_id": tenant, "state": "committed" })).into_response()
+        }
+        (Ok(Finished::Done), Step::Release) => {
+            Json(json!({ "reservation_id": id, "tenant_id": tenant, "state": "released" })).into_response()
+        }
+        (Ok(Finished::Committed), Step::Release) => error(
+            StatusCode::CONFLICT,
+            "committed",
+            format!("reservation {id} is committed: the operation happened, and it counts until usage reports it"),
+        ),
+        (Ok(Finished::Unknown), _) => not_found(),
+        (Err(failure), _) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("PostgreSQL failed: {failure}"))
+        }
     }
 }
 
-pub async fn release(State(checks): State<AppState>, Path(id): Path<String>) -> Response {
-    match reservations::release(&checks.pool, &id).await {
-        Ok(true) => Json(json!({ "reservation_id": id, "state": "released" })).into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("reservation {id} is unknown, released or expired")),
-        Err(failure) => error(StatusCode::SERVICE_UNAVAILABLE, format!("releasing failed: {failure}")),
-    }
+pub async fn commit(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Result<Json<Finish>, JsonRejection>,
+) -> Response {
+    finish(&state, &principal, &id, payload, Step::Commit).await
 }
 
-fn cap_view(limit: Limit, used: u64) -> serde_json::Value {
+pub async fn release(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    payload: Result<Json<Finish>, JsonRejection>,
+) -> Response {
+    finish(&state, &principal, &id, payload, Step::Release).await
+}
+
+fn cap_view(limit: Limit, reported: u64, in_use: u64) -> serde_json::Value {
     match limit {
-        Limit::Unlimited => json!({ "limit": null, "used": used, "percent": null }),
+        Limit::Unlimited => json!({ "limit": null, "used": in_use, "reported": reported, "percent": null }),
         Limit::Capped(cap) => json!({
             "limit": cap,
-            "used": used,
-            "remaining": cap.saturating_sub(used),
-            "percent": if cap == 0 { 100.0 } else { used as f64 * 100.0 / cap as f64 },
+            "used": in_use,
+            "reported": reported,
+            "held": in_use.saturating_sub(reported),
+            "remaining": cap.saturating_sub(in_use),
+            "percent": if cap == 0 { 100.0 } else { in_use as f64 * 100.0 / cap as f64 },
         }),
     }
 }
 
-/// A tenant's status, tier, limits, current usage and percentages.
-pub async fn tenant_limits(State(checks): State<AppState>, Path(tenant): Path<String>) -> Response {
-    let usage = checks.usage.get(&tenant);
-    let view = checks.registry.with(&tenant, |found| {
-        found.map(|(_, entry)| {
-            let rate = match entry.limits.rate {
-                RateLimit::Unlimited => json!(null),
-                RateLimit::Quota(quota) => json!({ "per_second": quota.per_second, "burst": quota.burst }),
-            };
-            json!({
-                "tenant_id": tenant,
-                "status": entry.status,
-                "tier": entry.tier,
-                "users": cap_view(entry.limits.max_users, usage.users),
-                "storage_bytes": cap_view(entry.limits.max_storage_bytes, usage.storage_bytes),
-                "storage_alert_bytes": entry.limits.storage_alert_bytes(),
-                "rate_limit": rate,
-                "usage_age_ms": checks.usage.age().map(|age| age.as_millis() as u64),
-            })
-        })
-    });
-    match view {
-        Some(view) => Json(view).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("tenant {tenant:?} is not in the platform's registry")),
-    }
+/// A tenant's status, tier, limits, current usage (reported plus outstanding holds) and percentages.
+pub async fn tenant_limits(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(tenant): Path<String>,
+) -> Response {
+    let tenant = match state.access.read_for(&principal, &tenant) {
+        Ok(tenant) => tenant,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let checks = &state.checks;
+    let found = checks.registry.with(tenant, |found| found.map(|(_, entry)| (entry.status, entry.tier, *entry.limits)));
+    let Some((status, tier, limits)) = found else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("tenant {tenant} is not in the platform's registry"),
+        );
+    };
+    let usage = checks.usage.get(tenant);
+    let users = checks.in_use(tenant, Resource::Users, &limits).await;
+    let storage = checks.in_use(tenant, Resource::Storage, &limits).await;
+    let rate = match limits.rate {
+        RateLimit::Unlimited => json!(null),
+        RateLimit::Quota(quota) => json!({ "per_second": quota.per_second, "burst": quota.burst }),
+    };
+    Json(json!({
+        "tenant_id": tenant,
+        "status": status,
+        "tier": tier,
+        "users": cap_view(limits.max_users, usage.users, users.unwrap_or(usage.users)),
+        "storage_bytes": cap_view(limits.max_storage_bytes, usage.storage_bytes, storage.unwrap_or(usage.storage_bytes)),
+        "storage_alert_bytes": limits.storage_alert_bytes(),
+        "rate_limit": rate,
+        "usage_age_ms": checks.usage.age().map(|age| age.as_millis() as u64),
+        "holds_unavailable": users.is_none() || storage.is_none(),
+    }))
+    .into_response()
 }
 
-pub async fn tenant_denials(State(checks): State<AppState>, Path(tenant): Path<String>) -> Response {
-    Json(json!({ "tenant_id": tenant, "denials": checks.audit.for_tenant(&tenant, 100) })).into_response()
+pub async fn tenant_denials(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(tenant): Path<String>,
+) -> Response {
+    match state.access.read_for(&principal, &tenant) {
+        Ok(tenant) => {
+            Json(json!({ "tenant_id": tenant, "denials": state.checks.audit.for_tenant(tenant, 100) })).into_response()
+        }
+        Err(refusal) => refusal.into_response(),
+    }
 }

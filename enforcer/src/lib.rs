@@ -2,19 +2,24 @@
 //!
 //! * Limits come from the platform database (tier defaults, per-tenant overrides, status), held
 //!   in memory and kept current by `NOTIFY` (a change applies within a second) and reloads.
-//! * Rate limits are GCRA (`governor`), one keyed limiter per distinct quota, checked in memory.
+//! * Rate limits are GCRA: in memory with `governor` (one keyed limiter per distinct quota), or in
+//!   Redis shared by every replica (one Lua script per check).
 //! * User and storage caps are reserve → commit / release in PostgreSQL, serialized per tenant
-//!   with an advisory lock, against the aggregator's current usage (ClickHouse), so no number of
-//!   concurrent requests or replicas overshoots a cap.
+//!   with an advisory lock and decided in groups, against the aggregator's current usage
+//!   (ClickHouse), so no number of concurrent requests or replicas overshoots a cap.
 //! * Stale data or a failed store follows a per-check fail-open / fail-closed policy.
+//! * Every check endpoint is authenticated and tenant-scoped ([`access`]).
 
+pub mod access;
 pub mod api;
 pub mod audit;
 pub mod checks;
 pub mod config;
 pub mod decision;
+pub mod holds;
 pub mod metrics;
 pub mod rate;
+pub mod rate_redis;
 pub mod registry;
 pub mod reservations;
 pub mod rls;
@@ -27,16 +32,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use tally_kit::auth::Authenticator;
 use tally_kit::ops::{HttpServer, Ops};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditLog, StorageAlerts};
+use crate::access::Access;
+use crate::api::ApiState;
 use crate::checks::Checks;
 pub use crate::config::EnforcerConfig;
+use crate::config::{AuthMode, RateStoreKind};
 use crate::metrics::EnforcerMetrics;
+use crate::rate_redis::RedisRate;
 use crate::registry::Registry;
-use crate::usage::UsageCache;
 
 /// The metric names whose latest values are the user count and the stored bytes.
 pub const USERS_METRIC: &str = "active_users";
@@ -49,6 +58,7 @@ pub struct Enforcer {
     grpc: Option<tokio::net::TcpListener>,
     router: Router,
     checks: Arc<Checks>,
+    access: Arc<Access>,
     clickhouse: clickhouse::Client,
     stopping: CancellationToken,
 }
@@ -63,15 +73,37 @@ impl Enforcer {
         let loaded = registry.load_all(&pool).await.context("loading the tenant registry from PostgreSQL")?;
         tracing::info!(tenants = loaded, "tenant registry loaded");
         let section = config.enforcer.clone();
-        let checks = Arc::new(Checks {
-            registry,
-            usage: Arc::new(UsageCache::new(USERS_METRIC, STORAGE_METRIC)),
-            audit: AuditLog::new(section.audit_capacity),
-            alerts: StorageAlerts::default(),
-            pool: pool.clone(),
-            settings: section.clone(),
-            metrics,
-        });
+        let authenticator = match section.auth {
+            AuthMode::Keys => {
+                let authenticator = Authenticator::new(pool.clone(), &config.auth).map_err(anyhow::Error::msg)?;
+                tracing::info!(jwt = config.auth.jwt.is_enabled(), "callers authenticate with API keys");
+                Some(authenticator)
+            }
+            AuthMode::None => {
+                tracing::warn!("[enforcer] auth = \"none\": NO AUTHENTICATION, every caller may act for every tenant");
+                None
+            }
+        };
+        let shared_rate = match section.rate.store {
+            RateStoreKind::Memory => {
+                tracing::info!("rate limits in memory: each replica limits on its own");
+                None
+            }
+            RateStoreKind::Redis => {
+                let redis = RedisRate::connect(&section.rate).await.map_err(anyhow::Error::msg)?;
+                tracing::info!("rate limits in Redis, shared by every replica");
+                let ping = redis.clone();
+                ops.add_check("redis", move || {
+                    let redis = ping.clone();
+                    async move { redis.ping().await }
+                });
+                Some(redis)
+            }
+        };
+        let access = Arc::new(Access::new(authenticator, metrics.clone()));
+        let checks = Arc::new(Checks::new(registry, pool.clone(), shared_rate, section.clone(), metrics));
+        let standing = checks.alerts.load(&pool).await.context("reading standing storage alerts")?;
+        tracing::debug!(standing, "standing storage alerts loaded");
         let clickhouse = tally_kit::clickhouse::client(&config.clickhouse);
         let ping = clickhouse.clone();
         ops.add_check("clickhouse", move || {
@@ -91,7 +123,9 @@ impl Enforcer {
             .route("/v1/reservations/{id}/release", post(api::release))
             .route("/v1/tenants/{id}/limits", get(api::tenant_limits))
             .route("/v1/tenants/{id}/denials", get(api::tenant_denials))
-            .with_state(Arc::clone(&checks))
+            .layer(axum::middleware::from_fn_with_state(Arc::clone(&access), access::authenticate))
+            .layer(DefaultBodyLimit::max(section.max_body_bytes))
+            .with_state(Arc::new(ApiState { checks: Arc::clone(&checks), access: Arc::clone(&access) }))
             .merge(ops.router());
         let server = HttpServer::bind(section.listen).await?;
         let grpc = match section.grpc_listen {
@@ -102,7 +136,7 @@ impl Enforcer {
             ),
             None => None,
         };
-        Ok(Self { server, grpc, router, checks, clickhouse, stopping })
+        Ok(Self { server, grpc, router, checks, access, clickhouse, stopping })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -121,7 +155,7 @@ impl Enforcer {
 
     /// Serves and keeps registry and usage current until the stopping token is cancelled.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { server, grpc, router, checks, clickhouse, stopping } = self;
+        let Self { server, grpc, router, checks, access, clickhouse, stopping } = self;
         tracing::info!(addr = %server.local_addr(), "enforcer listening");
         let reload = Duration::from_millis(checks.settings.registry_reload_ms);
         let background = [
@@ -136,7 +170,7 @@ impl Enforcer {
         ];
         let rls = grpc.map(|listener| {
             tracing::info!(addr = ?listener.local_addr().ok(), "Envoy rate limit service (gRPC) listening");
-            let service = rls::RateLimitServer::new(Arc::clone(&checks));
+            let service = rls::RateLimitServer::new(Arc::clone(&checks), access);
             let stopping = stopping.clone();
             tokio::spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);

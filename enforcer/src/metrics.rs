@@ -27,6 +27,8 @@ pub struct EndpointLatency {
     pub users: Histogram,
     pub storage: Histogram,
     pub combined: Histogram,
+    /// Envoy RLS over gRPC.
+    pub rls: Histogram,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +45,12 @@ pub struct EnforcerMetrics {
     pub tenants_known: IntGauge,
     pub storage_alerts: IntCounter,
     pub tenants_above_storage_alert: IntGauge,
+    /// Rate checks the shared store (Redis) failed or did not answer in time.
+    pub rate_store_errors: IntCounter,
+    /// Requests refused before any check: `unauthenticated`, `forbidden`, `invalid`.
+    pub refusals: IntCounterVec,
+    /// Bytes the denial audit log holds.
+    pub audit_log_bytes: IntGauge,
 }
 
 impl EnforcerMetrics {
@@ -52,9 +60,11 @@ impl EnforcerMetrics {
             &["kind", "outcome"],
         )?;
         let latency = HistogramVec::new(
-            HistogramOpts::new("enforcer_check_seconds", "Time to answer a check over HTTP").buckets(vec![
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
-            ]),
+            HistogramOpts::new(
+                "enforcer_check_seconds",
+                "Time to answer a check (HTTP endpoints, and rls for Envoy's gRPC)",
+            )
+            .buckets(vec![0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
             &["endpoint"],
         )?;
         let endpoint_latency = EndpointLatency {
@@ -62,7 +72,15 @@ impl EnforcerMetrics {
             users: latency.with_label_values(&["users"]),
             storage: latency.with_label_values(&["storage"]),
             combined: latency.with_label_values(&["combined"]),
+            rls: latency.with_label_values(&["rls"]),
         };
+        let refusals = IntCounterVec::new(
+            Opts::new("enforcer_refusals_total", "Requests refused before any check, by reason"),
+            &["reason"],
+        )?;
+        for reason in ["unauthenticated", "forbidden", "invalid"] {
+            refusals.with_label_values(&[reason]);
+        }
         let metrics = Self {
             decision_counters: DecisionCounters::new(&decisions),
             endpoint_latency,
@@ -76,6 +94,12 @@ impl EnforcerMetrics {
                 "enforcer_tenants_above_storage_alert",
                 "Tenants at or above 80 % of their storage cap",
             )?,
+            rate_store_errors: IntCounter::new(
+                "enforcer_rate_store_errors_total",
+                "Rate checks the shared store failed or did not answer in time (the failure policy answered)",
+            )?,
+            refusals,
+            audit_log_bytes: IntGauge::new("enforcer_audit_log_bytes", "Bytes held by the denial audit log")?,
         };
         registry.register(Box::new(metrics.decisions.clone()))?;
         registry.register(Box::new(metrics.latency.clone()))?;
@@ -84,6 +108,9 @@ impl EnforcerMetrics {
         registry.register(Box::new(metrics.tenants_known.clone()))?;
         registry.register(Box::new(metrics.storage_alerts.clone()))?;
         registry.register(Box::new(metrics.tenants_above_storage_alert.clone()))?;
+        registry.register(Box::new(metrics.rate_store_errors.clone()))?;
+        registry.register(Box::new(metrics.refusals.clone()))?;
+        registry.register(Box::new(metrics.audit_log_bytes.clone()))?;
         Ok(metrics)
     }
 }

@@ -12,10 +12,21 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Instant;
+
+use tally_kit::auth::Principal;
 use tonic::codegen::{BoxFuture, Service, StdError, http};
 use tonic::server::{NamedService, UnaryService};
 
+use crate::access::{Access, Refusal, valid_tenant};
 use crate::checks::Checks;
+use crate::config::UnknownTenantAnswer;
+use crate::decision::Reason;
+
+/// Largest request accepted (a descriptor list is small; nothing larger is read).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The response header naming why a descriptor was not judged by its quota.
+pub const REASON_HEADER: &str = "x-tally-reason";
 
 /// The descriptor entry keys that name the tenant.
 pub const TENANT_KEYS: [&str; 2] = ["tenant", "tenant_id"];
@@ -58,6 +69,9 @@ pub struct RateLimitResponse {
     pub statuses: Vec<DescriptorStatus>,
     #[prost(message, repeated, tag = "3")]
     pub response_headers_to_add: Vec<HeaderValue>,
+    /// The body Envoy sends downstream when the answer is not OK.
+    #[prost(bytes = "vec", tag = "5")]
+    pub raw_body: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -102,20 +116,55 @@ fn duration_ms(ms: u64) -> Duration {
     Duration { seconds: i64::try_from(ms / 1_000).unwrap_or(i64::MAX), nanos: ((ms % 1_000) * 1_000_000) as i32 }
 }
 
-/// Answers one RLS request from the enforcer's rate checks.
-pub fn should_rate_limit(checks: &Checks, request: &RateLimitRequest) -> RateLimitResponse {
+fn add_header(response: &mut RateLimitResponse, key: &str, value: String) {
+    if !response.response_headers_to_add.iter().any(|h| h.key == key && h.value == value) {
+        response.response_headers_to_add.push(HeaderValue { key: key.to_owned(), value });
+    }
+}
+
+/// Answers one RLS request from the enforcer's rate checks, for `principal`.
+pub async fn should_rate_limit(
+    checks: &Checks,
+    access: &Access,
+    principal: &Principal,
+    request: &RateLimitRequest,
+) -> Result<RateLimitResponse, Refusal> {
+    let tenants: Vec<Option<&str>> = request
+        .descriptors
+        .iter()
+        .map(|d| d.entries.iter().find(|e| TENANT_KEYS.contains(&e.key.as_str())).map(|e| e.value.as_str()))
+        .collect();
+    // A tenant key may ask about its own tenant only: refuse the whole call before any check.
+    for tenant in tenants.iter().flatten() {
+        if valid_tenant(tenant).is_ok() && !principal.may_act_for(tenant) {
+            let refusal = Refusal::Forbidden(format!("{} may not check tenant {tenant}", principal.describe()));
+            access.count(&refusal);
+            return Err(refusal);
+        }
+    }
     let cost = NonZeroU32::new(request.hits_addend).unwrap_or(NonZeroU32::MIN);
     let mut response = RateLimitResponse { overall_code: CODE_OK, ..RateLimitResponse::default() };
-    for descriptor in &request.descriptors {
-        let tenant = descriptor.entries.iter().find(|e| TENANT_KEYS.contains(&e.key.as_str())).map(|e| &e.value);
-        let Some(tenant) = tenant else {
+    let mut reasons = Vec::new();
+    for tenant in tenants {
+        let Some(raw) = tenant else {
             response.statuses.push(DescriptorStatus { code: CODE_OK, ..DescriptorStatus::default() });
             continue;
         };
-        let decision = checks.rate(tenant, cost);
-        let code = if decision.allowed { CODE_OK } else { CODE_OVER_LIMIT };
-        if !decision.allowed {
-            response.overall_code = CODE_OVER_LIMIT;
+        let Ok(tenant) = valid_tenant(raw) else {
+            let code = unknown_code(checks);
+            response.statuses.push(DescriptorStatus { code, ..DescriptorStatus::default() });
+            reasons.push("invalid_tenant");
+            continue;
+        };
+        let decision = checks.rate(tenant, cost).await;
+        let known = decision.reason != Reason::UnknownTenant;
+        let code = match (decision.allowed, known) {
+            (true, _) => CODE_OK,
+            (false, true) => CODE_OVER_LIMIT,
+            (false, false) => unknown_code(checks),
+        };
+        if code != CODE_OK || !known {
+            reasons.push(decision.reason.as_str());
         }
         let per_second = match (decision.limit, decision.window_ms) {
             (Some(burst), Some(window_ms)) if window_ms > 0 => {
@@ -134,22 +183,40 @@ pub fn should_rate_limit(checks: &Checks, request: &RateLimitRequest) -> RateLim
             duration_until_reset: decision.retry_after_ms.or(decision.reset_after_ms).map(duration_ms),
         });
         if let Some(retry_ms) = decision.retry_after_ms {
-            let seconds = retry_ms.div_ceil(1_000).max(1).to_string();
-            response.response_headers_to_add.push(HeaderValue { key: "retry-after".to_owned(), value: seconds });
+            add_header(&mut response, "retry-after", retry_ms.div_ceil(1_000).max(1).to_string());
         }
     }
-    response
+    if response.statuses.iter().any(|s| s.code != CODE_OK) {
+        response.overall_code = CODE_OVER_LIMIT;
+    }
+    if !reasons.is_empty() {
+        reasons.dedup();
+        add_header(&mut response, REASON_HEADER, reasons.join(","));
+        if response.overall_code != CODE_OK {
+            response.raw_body =
+                serde_json::json!({ "error": "request refused by Tally", "reasons": reasons }).to_string().into_bytes();
+        }
+    }
+    Ok(response)
+}
+
+fn unknown_code(checks: &Checks) -> i32 {
+    match checks.settings.rls_unknown_tenant {
+        UnknownTenantAnswer::Deny => CODE_OVER_LIMIT,
+        UnknownTenantAnswer::Allow => CODE_OK,
+    }
 }
 
 /// The gRPC service; serve it with `tonic::transport::Server::builder().add_service(…)`.
 #[derive(Debug, Clone)]
 pub struct RateLimitServer {
     checks: Arc<Checks>,
+    access: Arc<Access>,
 }
 
 impl RateLimitServer {
-    pub fn new(checks: Arc<Checks>) -> Self {
-        Self { checks }
+    pub fn new(checks: Arc<Checks>, access: Arc<Access>) -> Self {
+        Self { checks, access }
     }
 }
 
@@ -159,15 +226,25 @@ impl NamedService for RateLimitServer {
 
 const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
-struct ShouldRateLimit(Arc<Checks>);
+struct ShouldRateLimit {
+    checks: Arc<Checks>,
+    access: Arc<Access>,
+}
 
 impl UnaryService<RateLimitRequest> for ShouldRateLimit {
     type Response = RateLimitResponse;
     type Future = BoxFuture<tonic::Response<RateLimitResponse>, tonic::Status>;
 
     fn call(&mut self, request: tonic::Request<RateLimitRequest>) -> Self::Future {
-        let answer = should_rate_limit(&self.0, request.get_ref());
-        Box::pin(async move { Ok(tonic::Response::new(answer)) })
+        let (checks, access) = (Arc::clone(&self.checks), Arc::clone(&self.access));
+        Box::pin(async move {
+            let started = Instant::now();
+            let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+            let principal = access.principal(authorization).await.map_err(|refusal| refusal.grpc())?;
+            let answer = should_rate_limit(&checks, &access, &principal, request.get_ref()).await;
+            checks.metrics.endpoint_latency.rls.observe(started.elapsed().as_secs_f64());
+            answer.map(tonic::Response::new).map_err(|refusal| refusal.grpc())
+        })
     }
 }
 
@@ -194,9 +271,10 @@ where
                 Ok(response)
             });
         }
-        let method = ShouldRateLimit(Arc::clone(&self.checks));
+        let method = ShouldRateLimit { checks: Arc::clone(&self.checks), access: Arc::clone(&self.access) };
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+                .max_decoding_message_size(MAX_REQUEST_BYTES);
             Ok(grpc.unary(method, request).await)
         })
     }

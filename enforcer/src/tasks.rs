@@ -23,7 +23,7 @@ pub async fn refresh_usage(checks: Arc<Checks>, client: Client, http: reqwest::C
     let period = Duration::from_millis(checks.settings.usage_refresh_ms);
     loop {
         match checks.usage.refresh(&client).await {
-            Ok(_) => alert_storage(&checks, &http),
+            Ok(_) => alert_storage(&checks, &http).await,
             Err(error) => tracing::warn!(error = %error, "reading current usage failed; checks use the last state"),
         }
         if !every(period, &stopping).await {
@@ -32,15 +32,23 @@ pub async fn refresh_usage(checks: Arc<Checks>, client: Client, http: reqwest::C
     }
 }
 
-fn alert_storage(checks: &Checks, http: &reqwest::Client) {
+/// Alerts each tenant that crossed 80 % of its storage cap, once per crossing across every replica
+/// and restart (`tally.storage_alerts` decides which replica alerts).
+async fn alert_storage(checks: &Checks, http: &reqwest::Client) {
     for (tenant, usage) in checks.usage.snapshot() {
         let cap = checks.registry.with(&tenant, |found| found.map(|(_, entry)| *entry.limits));
         let Some(limits) = cap else { continue };
         let (Some(alert_at), Limit::Capped(cap)) = (limits.storage_alert_bytes(), limits.max_storage_bytes) else {
             continue;
         };
-        if !checks.alerts.observe(&tenant, usage.storage_bytes >= alert_at) {
-            continue;
+        let is_above = usage.storage_bytes >= alert_at;
+        match checks.alerts.observe(&checks.pool, &tenant, usage.storage_bytes, cap, is_above).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => {
+                tracing::warn!(tenant, error = %error, "recording a storage alert failed; trying again next refresh");
+                continue;
+            }
         }
         checks.metrics.storage_alerts.inc();
         tracing::warn!(tenant, storage_bytes = usage.storage_bytes, cap, "tenant passed 80 % of its storage cap");
@@ -87,5 +95,6 @@ pub async fn housekeeping(checks: Arc<Checks>, stopping: CancellationToken) {
         metrics.usage_age_seconds.set(seconds(checks.usage.age()));
         metrics.registry_age_seconds.set(seconds(checks.registry.age()));
         metrics.tenants_known.set(i64::try_from(checks.registry.len()).unwrap_or(i64::MAX));
+        metrics.audit_log_bytes.set(i64::try_from(checks.audit.bytes()).unwrap_or(i64::MAX));
     }
 }

@@ -64,7 +64,7 @@ impl UsageCache {
 
     /// Reads every tenant's current usage from ClickHouse.
     pub async fn refresh(&self, client: &Client) -> clickhouse::error::Result<usize> {
-        let rows = tally_aggregator::usage::current_usage(client, None, Utc::now()).await?;
+        let rows = tally_kit::rollups::current_usage(client, None, Utc::now()).await?;
         let mut by_tenant: HashMap<String, TenantUsage> = HashMap::new();
         for row in rows {
             let usage = by_tenant.entry(row.tenant_id).or_default();

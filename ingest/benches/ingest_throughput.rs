@@ -23,8 +23,9 @@ use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde_json::{Value, json};
+use tally_ingest::Ingest;
 use tally_ingest::config::{IngestConfig, ProducerConfig};
-use tally_ingest::{Ingest, auth};
+use tally_kit::auth;
 use tally_kit::config::KafkaConfig;
 use tally_schemas::topics::HEADER_EVENT_ID;
 use tally_schemas::{MetricCatalogue, Topics, UsageEvent, ValidationContext};
@@ -211,7 +212,7 @@ fn main() {
             .execute(&pg.pool)
             .await
             .unwrap();
-        let key = auth::create_key(&pg.pool, None, "bench").await.unwrap().token;
+        let key = auth::create_key(&pg.pool, auth::Scope::Admin, None, "bench").await.unwrap().token;
         let (mut bare, mut http) = (Vec::new(), Vec::new());
         // TALLY_BENCH_SIDE=http runs only the ingest side (for profiling it alone).
         let http_only = std::env::var("TALLY_BENCH_SIDE").is_ok_and(|side| side == "http");

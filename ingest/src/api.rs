@@ -18,15 +18,15 @@ use tally_schemas::topics::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_STA
 use tally_schemas::{EventError, MetricCatalogue, Rule, Topics, ValidationContext, Violation};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{KeyStore, Principal};
 use crate::config::HttpConfig;
 use crate::error::ApiError;
 use crate::intake::{self, Format, Item};
 use crate::metrics::IngestMetrics;
+use tally_kit::auth::{Authenticator, Principal};
 
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub keys: KeyStore,
+    pub keys: Authenticator,
     pub tenants: TenantDirectory,
     pub publisher: Publisher,
     pub catalogue: Arc<MetricCatalogue>,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use serde::Deserialize;
+pub use tally_kit::auth::AuthConfig;
 pub use tally_kit::config::ProducerConfig;
 use tally_kit::config::{KafkaConfig, PostgresConfig, TelemetryConfig};
 use tally_schemas::{MetricCatalogue, Topics};
@@ -43,20 +44,6 @@ impl Default for HttpConfig {
             max_batch_events: 10_000,
             retry_after_secs: 1,
         }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// How long a key's or tenant's lookup is cached: a revocation or suspension takes effect
-    /// within this time.
-    pub cache_ttl_ms: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self { cache_ttl_ms: 5_000 }
     }
 }
 

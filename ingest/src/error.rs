@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::auth::AuthError;
+use tally_kit::auth::AuthError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -9,8 +9,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tally_schemas::{CheckedEvent, EventError, ValidationContext, batch, cloudevents};
 
-use crate::auth::Principal;
 use crate::error::ApiError;
+use tally_kit::auth::Principal;
 
 /// The body formats `POST /v1/events` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

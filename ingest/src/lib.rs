@@ -7,7 +7,6 @@
 //! `/livez`, `/readyz`, `/metrics` and `/openapi.yaml`.
 
 pub mod api;
-pub mod auth;
 pub mod config;
 pub mod error;
 pub mod intake;
@@ -27,9 +26,9 @@ use tally_kit::tenants::TenantDirectory;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
-use crate::auth::KeyStore;
 pub use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
+use tally_kit::auth::Authenticator;
 
 /// The OpenAPI 3.1 document of the ingest API.
 pub const OPENAPI: &str = include_str!("../openapi.yaml");
@@ -52,7 +51,7 @@ impl Ingest {
         let pool = tally_kit::postgres::pool(&config.postgres)?;
         let ttl = Duration::from_millis(config.auth.cache_ttl_ms);
         let state = AppState {
-            keys: KeyStore::new(pool.clone(), ttl),
+            keys: Authenticator::new(pool.clone(), &config.auth).map_err(anyhow::Error::msg)?,
             tenants: TenantDirectory::new(pool.clone(), ttl),
             publisher: publisher.clone(),
             catalogue: Arc::new(config.metrics.clone()),

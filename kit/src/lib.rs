@@ -11,6 +11,7 @@
 //! * [`tenants`]: the platform's tenant registry behind a short-lived cache ([`cache`]).
 
 pub mod acks;
+pub mod auth;
 pub mod cache;
 pub mod clickhouse;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod kafka;
 pub mod ops;
 pub mod postgres;
 pub mod producer;
+pub mod rollups;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -61,6 +61,9 @@ impl Format {
     }
 }
 
+/// The longest tenant id (the platform registry's constraint).
+pub const TENANT_ID_MAX_LEN: usize = 64;
+
 fn alnum(b: u8) -> bool {
     b.is_ascii_alphanumeric()
 }
@@ -139,7 +142,7 @@ identifier!(
     /// A tenant id as the platform database holds it: slugs and UUIDs both fit.
     TenantId,
     Format {
-        max_len: 64,
+        max_len: TENANT_ID_MAX_LEN,
         first: alnum,
         rest: |b| alnum(b) || b == b'_' || b == b'-',
         describe: "ASCII letters, digits, '_' and '-', starting with a letter or digit, at most 64",

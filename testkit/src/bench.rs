@@ -39,3 +39,50 @@ pub fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
 pub async fn settle() {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
 }
+
+/// What [`drive_checks`] measured: checks per second and latency quantiles in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Driven {
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// `clients` concurrent HTTP clients POST `{"tenant_id": tenant(n)}` to `url` for `seconds`, each
+/// walking the tenants in its own order, with `key` as a bearer token.
+pub async fn drive_checks(
+    url: &str,
+    key: &str,
+    tenant: fn(usize) -> String,
+    tenants: usize,
+    seconds: u64,
+    clients: usize,
+) -> Driven {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (http, url, key) = (http.clone(), url.to_owned(), key.to_owned());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = c * 7_919;
+                while std::time::Instant::now() < deadline {
+                    n = (n + 104_729) % tenants;
+                    let body = serde_json::json!({ "tenant_id": tenant(n) });
+                    let started = std::time::Instant::now();
+                    let response = http.post(&url).bearer_auth(&key).json(&body).send().await.expect("a check");
+                    let _ = response.bytes().await.expect("its answer");
+                    latencies.push(started.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("a client"));
+    }
+    all.sort();
+    let pick = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)].as_secs_f64() * 1_000.0;
+    Driven { per_second: all.len() as f64 / seconds as f64, p50_ms: pick(0.5), p99_ms: pick(0.99) }
+}

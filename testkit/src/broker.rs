@@ -23,7 +23,7 @@ fn noida_binary() -> PathBuf {
     if installed.is_file() { installed } else { PathBuf::from("noida-db") }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     listener.local_addr().expect("local addr").port()
 }

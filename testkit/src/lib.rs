@@ -12,8 +12,10 @@
 
 pub mod bench;
 mod broker;
+mod redis;
 
 pub use broker::TestBroker;
+pub use redis::{TestRedis, redis_prefix, redis_url};
 
 use clickhouse::Client;
 use tally_kit::Secret;

@@ -129,7 +129,7 @@ async fn current_usage_shows_gauges_and_period_counters() {
     let running = harness.spawn("usage").await;
     harness.send(&harness.publisher(), &sends).await;
     harness.wait_counted(5, Duration::from_secs(10)).await;
-    let usage = tally_aggregator::usage::current_usage(&harness.ch.client, Some("acme"), Utc::now()).await.unwrap();
+    let usage = tally_kit::rollups::current_usage(&harness.ch.client, Some("acme"), Utc::now()).await.unwrap();
     let storage = usage.iter().find(|u| u.metric == "storage_bytes").unwrap();
     assert_eq!(storage.latest_value, 400_000_000_000, "latest by event time");
     let calls = usage.iter().find(|u| u.metric == "api_calls").unwrap();

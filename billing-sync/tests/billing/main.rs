@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::Value;
-use tally_aggregator::rollup::RollupRow;
 use tally_billing_sync::{BillingConfig, BillingSync};
+use tally_kit::rollups::RollupRow;
 use tally_stripe_fake::{Fake, Faults};
 use tally_testkit::{TestClickHouse, TestPostgres};
 

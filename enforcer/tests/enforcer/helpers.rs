@@ -5,8 +5,13 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tally_aggregator::rollup::RollupRow;
+use std::sync::Arc;
+use tally_kit::auth::{self, Scope};
+use tally_kit::rollups::RollupRow;
+
+use tally_enforcer::checks::Checks;
 use tally_enforcer::{Enforcer, EnforcerConfig};
+use tally_schemas::TenantId;
 use tally_testkit::{TestClickHouse, TestPostgres};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -14,13 +19,24 @@ use tokio_util::sync::CancellationToken;
 pub struct Stores {
     pub pg: TestPostgres,
     pub ch: TestClickHouse,
+    /// An admin key, which the apps' helpers send unless told otherwise.
+    pub admin_key: String,
 }
 
 impl Stores {
     pub async fn new() -> Self {
-        Self { pg: TestPostgres::create().await, ch: TestClickHouse::create().await }
+        let pg = TestPostgres::create().await;
+        let admin_key = auth::create_key(&pg.pool, Scope::Admin, None, "test admin").await.unwrap().token;
+        Self { pg, ch: TestClickHouse::create().await, admin_key }
     }
 
+    /// A new key of `scope` (a tenant key for `tenant`).
+    pub async fn key(&self, scope: Scope, tenant: Option<&str>) -> String {
+        let tenant = tenant.map(|t| TenantId::parse(t).unwrap());
+        auth::create_key(&self.pg.pool, scope, tenant.as_ref(), "test").await.unwrap().token
+    }
+
+    /// An enforcer's config on these stores (the apps' helpers send the admin key).
     pub fn config(&self) -> EnforcerConfig {
         let mut config = EnforcerConfig {
             postgres: self.pg.config.clone(),
@@ -50,7 +66,7 @@ impl Stores {
     /// Reports a gauge for the tenant the way the aggregator stores it (a month rollup row).
     pub async fn gauge(&self, tenant: &str, metric: &str, value: u64) {
         let now = chrono::Utc::now();
-        let month = tally_aggregator::rollup::Granularity::Month.window_start(now);
+        let month = tally_kit::rollups::Granularity::Month.window_start(now);
         let row = RollupRow {
             granularity: "month",
             window_start: u32::try_from(month.timestamp()).unwrap(),
@@ -83,26 +99,52 @@ pub struct App {
     pub stopping: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
     pub http: reqwest::Client,
+    pub checks: Arc<Checks>,
+    /// Sent by `post`, `get` and `rate`.
+    pub key: String,
 }
 
 impl App {
-    pub async fn spawn(config: EnforcerConfig) -> Self {
+    pub async fn spawn(stores: &Stores, config: EnforcerConfig) -> Self {
         let stopping = CancellationToken::new();
         let enforcer = Enforcer::build(config, stopping.clone()).await.unwrap();
         let addr = enforcer.local_addr();
         let grpc = enforcer.grpc_addr().unwrap();
+        let checks = enforcer.checks();
         let task = tokio::spawn(enforcer.run_until_stopped());
-        Self { addr, grpc, stopping, task, http: reqwest::Client::new() }
+        Self { addr, grpc, stopping, task, http: reqwest::Client::new(), checks, key: stores.admin_key.clone() }
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let response = self.http.post(format!("http://{}{path}", self.addr)).json(&body).send().await.unwrap();
+        self.post_as(Some(&self.key), path, body).await
+    }
+
+    /// POSTs with `key` (`None`: no `Authorization` at all).
+    pub async fn post_as(
+        &self,
+        key: Option<&str>,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self.http.post(format!("http://{}{path}", self.addr)).json(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
         let (status, headers) = (response.status(), response.headers().clone());
         (status, headers, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.http.get(format!("http://{}{path}", self.addr)).send().await.unwrap();
+        self.get_as(Some(&self.key), path).await
+    }
+
+    pub async fn get_as(&self, key: Option<&str>, path: &str) -> (StatusCode, Value) {
+        let mut request = self.http.get(format!("http://{}{path}", self.addr));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
         (response.status(), response.json().await.unwrap_or(Value::Null))
     }
 

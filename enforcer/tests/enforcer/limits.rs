@@ -10,7 +10,7 @@ use crate::helpers::{App, Stores};
 async fn a_tier_change_applies_within_a_second_and_a_suspension_denies() {
     let stores = Stores::new().await;
     stores.tenant("acme", "STANDARD").await;
-    let app = App::spawn(stores.config()).await;
+    let app = App::spawn(&stores, stores.config()).await;
     let (status, limits) = app.get("/v1/tenants/acme/limits").await;
     assert_eq!(status, 200);
     assert_eq!(limits["users"]["limit"], 50);
@@ -49,7 +49,7 @@ async fn a_rate_limit_admits_the_burst_then_denies_with_a_correct_retry_after() 
     let stores = Stores::new().await;
     stores.tenant("acme", "STANDARD").await;
     stores.sql("UPDATE tenant SET rate_limit_per_second = 5, rate_limit_burst = 10 WHERE id = 'acme'").await;
-    let app = App::spawn(stores.config()).await;
+    let app = App::spawn(&stores, stores.config()).await;
     for n in 0..10 {
         let (status, headers, answer) = app.rate("acme").await;
         assert_eq!(status, 200, "request {n} is within the burst: {answer}");
@@ -84,7 +84,7 @@ async fn stale_usage_follows_the_policy_of_each_check() {
     config.clickhouse.url = "http://127.0.0.1:9".to_owned();
     config.enforcer.usage_stale_after_ms = 300;
     config.enforcer.policy.storage = tally_enforcer::config::FailurePolicy::Open;
-    let app = App::spawn(config).await;
+    let app = App::spawn(&stores, config).await;
     let (status, _, answer) = app.post("/v1/check/users", json!({ "tenant_id": "acme" })).await;
     assert_eq!(status, 503, "users fail closed by default: {answer}");
     assert_eq!((answer["reason"].as_str(), answer["degraded"].as_bool()), (Some("unavailable"), Some(true)));

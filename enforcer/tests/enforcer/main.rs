@@ -3,7 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod abuse;
+mod access;
 mod caps;
 mod helpers;
 mod limits;
 mod rls;
+mod shared_rate;

@@ -98,7 +98,7 @@ async fn keys_are_checked_and_revocation_takes_effect() {
     assert_eq!(app.post(Some(&wrong_secret), "application/json", body.clone()).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.post(Some("not-a-key"), "application/json", body.clone()).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.post(Some(&app.acme_key), "application/json", body.clone()).await.status, StatusCode::ACCEPTED);
-    assert!(tally_ingest::auth::revoke_key(&app.pg.pool, &app.acme_key).await.unwrap());
+    assert!(tally_kit::auth::revoke_key(&app.pg.pool, &app.acme_key).await.unwrap());
     assert_eq!(app.post(Some(&app.acme_key), "application/json", body).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.published().await, 1);
     app.stop().await;
@@ -107,11 +107,15 @@ async fn keys_are_checked_and_revocation_takes_effect() {
 #[tokio::test]
 async fn suspended_and_unknown_tenants_are_refused() {
     let app = TestApp::spawn().await;
-    let frozen =
-        tally_ingest::auth::create_key(&app.pg.pool, Some(&tally_schemas::TenantId::parse("frozen").unwrap()), "")
-            .await
-            .unwrap()
-            .token;
+    let frozen = tally_kit::auth::create_key(
+        &app.pg.pool,
+        tally_kit::auth::Scope::Tenant,
+        Some(&tally_schemas::TenantId::parse("frozen").unwrap()),
+        "",
+    )
+    .await
+    .unwrap()
+    .token;
     let answer = app.post_json(&frozen, &event("f-1", "frozen")).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
     assert!(answer.body["error"]["message"].as_str().unwrap().contains("suspended"));

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use tally_ingest::Ingest;
 use tally_ingest::config::{IngestConfig, ProducerConfig};
-use tally_ingest::{Ingest, auth};
+use tally_kit::auth;
 use tally_kit::config::KafkaConfig;
 use tally_schemas::{TenantId, Topics};
 use tally_testkit::{Message, TestPostgres, read_topic, topic_size, unique_name};
@@ -53,8 +54,11 @@ impl TestApp {
         .execute(&pg.pool)
         .await
         .unwrap();
-        let acme_key = auth::create_key(&pg.pool, Some(&TenantId::parse("acme").unwrap()), "test").await.unwrap().token;
-        let admin_key = auth::create_key(&pg.pool, None, "test admin").await.unwrap().token;
+        let acme_key = auth::create_key(&pg.pool, auth::Scope::Tenant, Some(&TenantId::parse("acme").unwrap()), "test")
+            .await
+            .unwrap()
+            .token;
+        let admin_key = auth::create_key(&pg.pool, auth::Scope::Admin, None, "test admin").await.unwrap().token;
         let topics = Topics {
             usage_events: unique_name("usage"),
             dead_letter: unique_name("dlq"),

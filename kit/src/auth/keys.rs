@@ -1,42 +1,70 @@
-//! Per-tenant API keys.
+//! API keys (`tally.api_keys`), shared by every service that authenticates callers.
 //!
 //! A key reads `tly_<prefix>_<secret>`: the 12-hex-digit prefix is public (it finds the row and
 //! names the key in logs), the 64-hex-digit secret is shown once at creation and only its SHA-256
-//! is stored (`tally.api_keys`). A key with no tenant is an admin (service) key that may write for
-//! any tenant. Lookups are cached for the configured TTL, so a revocation takes effect within it.
+//! is stored. Each key has a [`Scope`]. Valid keys are cached for the configured TTL, so a
+//! revocation takes effect within it; unknown keys are never cached, so nothing a stranger sends
+//! is kept.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use tally_kit::cache::TtlCache;
 use tally_schemas::TenantId;
 
-const TOKEN_PREFIX: &str = "tly_";
+use super::{AuthError, Principal};
+use crate::cache::TtlCache;
+
+pub const TOKEN_PREFIX: &str = "tly_";
 const PREFIX_BYTES: usize = 6;
 const SECRET_BYTES: usize = 32;
 
-/// Who a request acts for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    Tenant(TenantId),
+/// What a key may do (see `schemas/migrations/tally/0004_key_scopes_and_enforcer_state.sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Its own tenant only.
+    Tenant,
+    /// A platform service: send usage for and check any tenant; no reads of tenants' data.
+    Service,
+    /// Everything, for every tenant.
     Admin,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing credentials: send `Authorization: Bearer tly_…` with an API key")]
-    Missing,
-    #[error("the API key is not valid (unknown, revoked or mistyped)")]
-    Invalid,
-    #[error("cannot check the API key now: {0}")]
-    Unavailable(#[from] sqlx::Error),
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Tenant => "tenant",
+            Scope::Service => "service",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "tenant" => Ok(Scope::Tenant),
+            "service" => Ok(Scope::Service),
+            "admin" => Ok(Scope::Admin),
+            other => Err(format!("unknown key scope {other:?}: one of tenant, service, admin")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct StoredKey {
     secret_hash: Vec<u8>,
-    tenant_id: Option<String>,
+    principal: Principal,
 }
 
 /// A newly created key; `token` is shown once and never stored.
@@ -46,20 +74,22 @@ pub struct CreatedKey {
     pub token: String,
 }
 
-/// One row of `list`.
+/// One row of [`list_keys`].
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyInfo {
     pub prefix: String,
+    pub scope: String,
     pub tenant_id: Option<String>,
     pub label: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Looks keys up in PostgreSQL, caching the valid ones.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
     pool: PgPool,
-    cache: TtlCache<Option<StoredKey>>,
+    cache: TtlCache<StoredKey>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -84,40 +114,49 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Why a lookup found no usable key (never cached).
+enum Lookup {
+    Missing,
+    Failed(sqlx::Error),
+}
+
 impl KeyStore {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
         Self { pool, cache: TtlCache::new(ttl) }
     }
 
-    /// Resolves an `Authorization` header value to the principal it authenticates.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
-        let token = authorization
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
-            .map(str::trim)
-            .ok_or(AuthError::Missing)?;
+    /// The principal a `tly_…` token authenticates.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         let (prefix, secret) = parse_token(token).ok_or(AuthError::Invalid)?;
-        let stored = self.lookup(prefix).await?.ok_or(AuthError::Invalid)?;
+        let stored = match self.cache.get_or_fetch(prefix, || self.fetch(prefix)).await {
+            Ok(stored) => stored,
+            Err(Lookup::Missing) => return Err(AuthError::Invalid),
+            Err(Lookup::Failed(error)) => return Err(AuthError::Unavailable(error.to_string())),
+        };
         if !constant_time_eq(&Sha256::digest(secret.as_bytes()), &stored.secret_hash) {
             return Err(AuthError::Invalid);
         }
-        match stored.tenant_id {
-            None => Ok(Principal::Admin),
-            Some(tenant) => TenantId::parse(tenant).map(Principal::Tenant).map_err(|_| AuthError::Invalid),
-        }
+        Ok(stored.principal)
     }
 
-    async fn lookup(&self, prefix: &str) -> Result<Option<StoredKey>, sqlx::Error> {
-        self.cache
-            .get_or_fetch(prefix, || async {
-                let row: Option<(Vec<u8>, Option<String>)> = sqlx::query_as(
-                    "SELECT secret_hash, tenant_id FROM tally.api_keys WHERE prefix = $1 AND revoked_at IS NULL",
-                )
-                .bind(prefix)
-                .fetch_optional(&self.pool)
-                .await?;
-                Ok(row.map(|(secret_hash, tenant_id)| StoredKey { secret_hash, tenant_id }))
-            })
-            .await
+    async fn fetch(&self, prefix: &str) -> Result<StoredKey, Lookup> {
+        let row: Option<(Vec<u8>, String, Option<String>)> = sqlx::query_as(
+            "SELECT secret_hash, scope, tenant_id FROM tally.api_keys WHERE prefix = $1 AND revoked_at IS NULL",
+        )
+        .bind(prefix)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Lookup::Failed)?;
+        let (secret_hash, scope, tenant) = row.ok_or(Lookup::Missing)?;
+        let principal = match (scope.parse::<Scope>(), tenant) {
+            (Ok(Scope::Tenant), Some(tenant)) => {
+                Principal::Tenant(TenantId::parse(tenant).map_err(|_| Lookup::Missing)?)
+            }
+            (Ok(Scope::Service), None) => Principal::Service,
+            (Ok(Scope::Admin), None) => Principal::Admin,
+            _ => return Err(Lookup::Missing),
+        };
+        Ok(StoredKey { secret_hash, principal })
     }
 }
 
@@ -125,14 +164,24 @@ impl KeyStore {
 pub enum KeyAdminError {
     #[error("no randomness available to make a key: {0}")]
     Random(getrandom::Error),
-    #[error("tenant {0:?} is not in the tenant registry")]
+    #[error("tenant {0} is not in the tenant registry")]
     UnknownTenant(String),
+    #[error("a {0} key names no tenant; a tenant key names exactly one")]
+    ScopeAndTenant(Scope),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
-/// Creates a key for `tenant` (or an admin key when `None`).
-pub async fn create_key(pool: &PgPool, tenant: Option<&TenantId>, label: &str) -> Result<CreatedKey, KeyAdminError> {
+/// Creates a key of `scope`; a tenant key names its `tenant`, the others none.
+pub async fn create_key(
+    pool: &PgPool,
+    scope: Scope,
+    tenant: Option<&TenantId>,
+    label: &str,
+) -> Result<CreatedKey, KeyAdminError> {
+    if (scope == Scope::Tenant) != tenant.is_some() {
+        return Err(KeyAdminError::ScopeAndTenant(scope));
+    }
     if let Some(tenant) = tenant {
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenant WHERE id = $1)")
             .bind(tenant.as_str())
@@ -144,13 +193,16 @@ pub async fn create_key(pool: &PgPool, tenant: Option<&TenantId>, label: &str) -
     }
     let prefix = random_hex(PREFIX_BYTES).map_err(KeyAdminError::Random)?;
     let secret = random_hex(SECRET_BYTES).map_err(KeyAdminError::Random)?;
-    sqlx::query("INSERT INTO tally.api_keys (prefix, secret_hash, tenant_id, label) VALUES ($1, $2, $3, $4)")
-        .bind(&prefix)
-        .bind(Sha256::digest(secret.as_bytes()).to_vec())
-        .bind(tenant.map(TenantId::as_str))
-        .bind(label)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO tally.api_keys (prefix, secret_hash, scope, tenant_id, label) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&prefix)
+    .bind(Sha256::digest(secret.as_bytes()).to_vec())
+    .bind(scope.as_str())
+    .bind(tenant.map(TenantId::as_str))
+    .bind(label)
+    .execute(pool)
+    .await?;
     Ok(CreatedKey { token: format!("{TOKEN_PREFIX}{prefix}_{secret}"), prefix })
 }
 
@@ -167,7 +219,7 @@ pub async fn revoke_key(pool: &PgPool, prefix_or_token: &str) -> Result<bool, Ke
 /// Lists keys, newest first, optionally for one tenant.
 pub async fn list_keys(pool: &PgPool, tenant: Option<&TenantId>) -> Result<Vec<KeyInfo>, KeyAdminError> {
     Ok(sqlx::query_as(
-        "SELECT prefix, tenant_id, label, created_at, revoked_at FROM tally.api_keys \
+        "SELECT prefix, scope, tenant_id, label, created_at, revoked_at FROM tally.api_keys \
          WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY created_at DESC",
     )
     .bind(tenant.map(TenantId::as_str))
@@ -194,5 +246,13 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn scopes_round_trip() {
+        for scope in [Scope::Tenant, Scope::Service, Scope::Admin] {
+            assert_eq!(scope.as_str().parse::<Scope>(), Ok(scope));
+        }
+        assert!("root".parse::<Scope>().is_err());
     }
 }

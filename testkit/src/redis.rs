@@ -1,0 +1,82 @@
+//! Redis for tests: the stack's server with a key prefix of the test's own, or a server of the
+//! test's own (for tests that pause, stop and restart it).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The stack's Redis (`TALLY_TEST_REDIS_URL`, default redis://127.0.0.1:6379).
+pub fn redis_url() -> String {
+    crate::env_or("TALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// A key prefix no other test uses.
+pub fn redis_prefix() -> String {
+    format!("{}:", crate::unique_name("tally-test"))
+}
+
+/// A `redis-server` on a free port that keeps nothing on disk; stopped on drop.
+#[derive(Debug)]
+pub struct TestRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl TestRedis {
+    pub async fn start() -> Self {
+        let mut redis = Self { port: crate::broker::free_port(), child: None };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server (apt-get install redis-server)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start on {}", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
+            assert!(status.success(), "kill {signal} redis-server");
+        }
+    }
+
+    /// SIGSTOP: the server is there but answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGKILL, and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
