@@ -35,7 +35,7 @@ use tally_enforcer::checks::Checks;
 use tally_enforcer::{Enforcer, EnforcerConfig};
 use tally_schemas::Tier;
 use tally_testkit::TestPostgres;
-use tally_testkit::bench::{arg, drive_checks, peak_rss_mib};
+use tally_testkit::bench::{arg, drive_checks, peak_rss_mib, seed_tenants, tenant_name};
 use tokio_util::sync::CancellationToken;
 
 // Counts allocated bytes, to measure memory per tenant exactly.
@@ -51,7 +51,7 @@ fn live() -> isize {
 const LIGHT_CLIENTS: usize = 4;
 
 fn tenant(n: usize) -> String {
-    format!("tenant-{n:07}")
+    tenant_name(n)
 }
 
 /// A fixed pseudo-random walk over the tenants (no allocation while measuring).
@@ -171,14 +171,8 @@ async fn limitador_server(tenants: usize) -> std::net::SocketAddr {
 
 async fn over_http(tenants: usize, seconds: u64, clients: usize) {
     let pg = TestPostgres::create().await;
-    sqlx::query("INSERT INTO tenant (id, name) SELECT 'tenant-' || lpad(g::text, 7, '0'), 'bench' FROM generate_series(0, $1 - 1) g")
-        .bind(tenants as i64)
-        .execute(&pg.pool)
-        .await
-        .unwrap();
-    // A service key, as an API gateway holds (authenticated like every caller; cached after the first).
-    let key =
-        tally_kit::auth::create_key(&pg.pool, tally_kit::auth::Scope::Service, None, "bench").await.unwrap().token;
+    // The tenants, and a service key as an API gateway holds (authenticated like every caller).
+    let key = seed_tenants(&pg, tenants).await;
     let mut config = EnforcerConfig { postgres: pg.config.clone(), ..EnforcerConfig::default() };
     config.enforcer.listen = "127.0.0.1:0".parse().unwrap();
     config.enforcer.grpc_listen = None;

@@ -86,3 +86,21 @@ pub async fn drive_checks(
     let pick = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)].as_secs_f64() * 1_000.0;
     Driven { per_second: all.len() as f64 / seconds as f64, p50_ms: pick(0.5), p99_ms: pick(0.99) }
 }
+
+/// `tenants` active STANDARD tenants `tenant-0000000` … in the platform registry of `pg`, and a
+/// service key for them (as an API gateway holds); returns the key's token.
+pub async fn seed_tenants(pg: &crate::TestPostgres, tenants: usize) -> String {
+    sqlx::query(
+        "INSERT INTO tenant (id, name) SELECT 'tenant-' || lpad(g::text, 7, '0'), 'bench' FROM generate_series(0, $1 - 1) g",
+    )
+    .bind(i64::try_from(tenants).expect("a tenant count"))
+    .execute(&pg.pool)
+    .await
+    .expect("inserting the bench tenants");
+    tally_kit::auth::create_key(&pg.pool, tally_kit::auth::Scope::Service, None, "bench").await.expect("a key").token
+}
+
+/// The name [`seed_tenants`] gave tenant `n`.
+pub fn tenant_name(n: usize) -> String {
+    format!("tenant-{n:07}")
+}

@@ -24,14 +24,14 @@ use serde_json::{Value, json};
 use tally_enforcer::config::RateStoreKind;
 use tally_enforcer::{Enforcer, EnforcerConfig};
 use tally_testkit::TestPostgres;
-use tally_testkit::bench::{Driven, arg, drive_checks, peak_rss_mib};
+use tally_testkit::bench::{Driven, arg, drive_checks, peak_rss_mib, seed_tenants, tenant_name};
 use tokio_util::sync::CancellationToken;
 
 /// Clients of the lighter run, below saturation, where p99 is read (goal <= 1 ms).
 const LIGHT_CLIENTS: usize = 4;
 
 fn tenant(n: usize) -> String {
-    format!("tenant-{n:07}")
+    tenant_name(n)
 }
 
 async fn limitador_server(storage: Box<dyn AsyncCounterStorage>) -> std::net::SocketAddr {
@@ -70,13 +70,8 @@ async fn main() {
     let redis_url = tally_testkit::redis_url();
 
     let pg = TestPostgres::create().await;
-    sqlx::query("INSERT INTO tenant (id, name) SELECT 'tenant-' || lpad(g::text, 7, '0'), 'bench' FROM generate_series(0, $1 - 1) g")
-        .bind(tenants as i64)
-        .execute(&pg.pool)
-        .await
-        .unwrap();
-    let key =
-        tally_kit::auth::create_key(&pg.pool, tally_kit::auth::Scope::Service, None, "bench").await.unwrap().token;
+    // The tenants, and a service key as an API gateway holds (authenticated like every caller).
+    let key = seed_tenants(&pg, tenants).await;
     let mut config = EnforcerConfig { postgres: pg.config.clone(), ..EnforcerConfig::default() };
     config.enforcer.listen = "127.0.0.1:0".parse().unwrap();
     config.enforcer.grpc_listen = None;
