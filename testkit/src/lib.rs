@@ -15,7 +15,7 @@ mod broker;
 mod redis;
 
 pub use broker::TestBroker;
-pub use redis::{TestRedis, redis_prefix, redis_url};
+pub use redis::{TestRedis, TestRedisCluster, redis_prefix, redis_url};
 
 use clickhouse::Client;
 use tally_kit::Secret;

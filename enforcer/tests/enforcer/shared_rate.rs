@@ -9,7 +9,7 @@ use serde_json::json;
 use tally_enforcer::EnforcerConfig;
 use tally_enforcer::config::{FailurePolicy, RateStoreKind};
 use tally_kit::Secret;
-use tally_testkit::{TestRedis, redis_prefix, redis_url};
+use tally_testkit::{TestRedis, TestRedisCluster, redis_prefix, redis_url};
 
 use crate::helpers::{App, Stores};
 
@@ -119,5 +119,49 @@ async fn redis_paused_or_stopped_follows_the_policy_and_recovers() {
         assert!(metrics.contains("tally_enforcer_rate_store_errors_total"), "the failures are counted");
         app.stop().await;
     }
+    stores.drop().await;
+}
+
+#[tokio::test]
+async fn a_redis_cluster_holds_each_tenants_limit_across_replicas() {
+    let stores = Stores::new().await;
+    let tenants = ["acme", "globex", "initech", "umbrella", "hooli"];
+    for tenant in tenants {
+        stores.tenant(tenant, "STANDARD").await;
+        stores
+            .sql(&format!("UPDATE tenant SET rate_limit_per_second = 10, rate_limit_burst = 20 WHERE id = '{tenant}'"))
+            .await;
+    }
+    let cluster = TestRedisCluster::start().await;
+    let mut config = redis_config(&stores, &cluster.urls());
+    config.enforcer.rate.redis_timeout_ms = 5_000;
+    let first = App::spawn(&stores, config.clone()).await;
+    let second = App::spawn(&stores, config).await;
+    let started = Instant::now();
+    let mut admitted = std::collections::HashMap::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        for (n, tenant) in tenants.iter().enumerate() {
+            let app = if n % 2 == 0 { &first } else { &second };
+            for replica in [app, if n % 2 == 0 { &second } else { &first }] {
+                let (status, _, answer) = replica.rate(tenant).await;
+                assert!(status == 200 || status == 429, "{status}: {answer}");
+                assert_eq!(answer["degraded"], false, "{answer}");
+                *admitted.entry(*tenant).or_insert(0u32) += u32::from(status == 200);
+            }
+        }
+    }
+    let bound = 10.0 * started.elapsed().as_secs_f64() + 20.0;
+    let spread = cluster.keys_per_node();
+    assert!(
+        spread.iter().filter(|keys| **keys > 0).count() >= 2,
+        "the tenants' keys live on several nodes: {spread:?}"
+    );
+    for (tenant, count) in &admitted {
+        let count = f64::from(*count);
+        assert!(count <= bound * 1.01 && count >= 20.0, "{tenant}: {count} admitted, bound {bound:.0}");
+    }
+    first.stop().await;
+    second.stop().await;
+    drop(cluster);
     stores.drop().await;
 }
