@@ -67,10 +67,16 @@ apt_install() {
     || die "installing $* failed: see $LOG_DIR/install-$1.log"
 }
 
-ensure_redis() {
-  # Tests start Redis servers of their own too (outage tests), and make RSA keys with openssl.
+# Tools the tests run besides the stack: Redis servers of their own (outage and cluster tests),
+# openssl (RSA keys for JWTs), faketime (a replica whose clock is minutes off).
+ensure_test_tools() {
   command -v redis-server >/dev/null || apt_install redis-server
   command -v openssl >/dev/null || apt_install openssl
+  command -v faketime >/dev/null || apt_install faketime
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
   if port_open "$REDIS_PORT"; then return; fi
   say "starting Redis on 127.0.0.1:$REDIS_PORT (keeps nothing on disk)"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
@@ -273,6 +279,7 @@ main() {
   install_noida
   install_chdb
   ensure_postgres
+  ensure_test_tools
   ensure_redis
   start_kafka
   start_clickhouse

@@ -8,5 +8,6 @@ mod access;
 mod caps;
 mod helpers;
 mod limits;
+mod processes;
 mod rls;
 mod shared_rate;
