@@ -2,6 +2,7 @@
 //! off (libfaketime), and a replica paused (SIGSTOP) in the middle of its reservations.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +21,13 @@ struct Replica {
     http: reqwest::Client,
 }
 
+fn libfaketime() -> &'static str {
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).is_file())
+        .expect("libfaketime is not installed: apt-get install faketime")
+}
+
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
@@ -29,17 +37,14 @@ impl Replica {
     /// when given, and waits until it is ready.
     async fn start(stores: &Stores, extra: &[(&str, String)], faketime: Option<&str>) -> Self {
         let addr = free_addr();
-        let binary = env!("CARGO_BIN_EXE_tally-enforcer");
-        let mut command = match faketime {
-            Some(offset) => {
-                let mut command = Command::new("faketime");
-                command.args(["-f", offset, binary]);
-                command
-            }
-            None => Command::new(binary),
-        };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tally-enforcer"));
+        command.env_clear();
+        // libfaketime preloaded into the enforcer itself (not the `faketime` wrapper, which would
+        // leave the enforcer running when the wrapper is killed).
+        if let Some(offset) = faketime {
+            command.env("LD_PRELOAD", libfaketime()).env("FAKETIME", offset);
+        }
         command
-            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TALLY_POSTGRES__URL", stores.pg.config.url.expose())
             .env("TALLY_CLICKHOUSE__URL", &stores.ch.config.url)
@@ -49,11 +54,13 @@ impl Replica {
             .env("TALLY_ENFORCER__USAGE_REFRESH_MS", "100")
             .env("TALLY_TELEMETRY__FILTER", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::null());
         for (key, value) in extra {
             command.env(key, value);
         }
-        let child = command.spawn().expect("starting tally-enforcer (faketime: apt-get install faketime)");
+        // A process group of its own: dropping the replica kills whatever it (or a preloaded
+        // library) started.
+        let child = command.process_group(0).spawn().expect("starting tally-enforcer");
         let replica = Self { child, addr, key: stores.admin_key.clone(), http: reqwest::Client::new() };
         let ready = App::within(Duration::from_secs(30), async || {
             let response = replica.http.get(format!("http://{addr}/readyz")).send().await;
@@ -87,7 +94,7 @@ impl Replica {
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.wait();
     }
 }
