@@ -25,6 +25,7 @@ pub mod reservations;
 pub mod rls;
 pub mod tasks;
 pub mod usage;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,12 +92,14 @@ impl Enforcer {
             }
             RateStoreKind::Redis => {
                 let redis = RedisRate::connect(&section.rate).await.map_err(anyhow::Error::msg)?;
-                tracing::info!("rate limits in Redis, shared by every replica");
-                let ping = redis.clone();
-                ops.add_check("redis", move || {
-                    let redis = ping.clone();
-                    async move { redis.ping().await }
-                });
+                // Not a readiness check: with Redis away every replica would leave the load
+                // balancer, while `policy.rate` says what rate checks answer meanwhile.
+                match redis.ping().await {
+                    Ok(()) => tracing::info!("rate limits in Redis, shared by every replica"),
+                    Err(error) => {
+                        tracing::warn!(error, "Redis does not answer yet: rate checks follow policy.rate until it does")
+                    }
+                }
                 Some(redis)
             }
         };
@@ -121,8 +124,8 @@ impl Enforcer {
             .route("/v1/check/storage", post(api::check_storage))
             .route("/v1/reservations/{id}/commit", post(api::commit))
             .route("/v1/reservations/{id}/release", post(api::release))
-            .route("/v1/tenants/{id}/limits", get(api::tenant_limits))
-            .route("/v1/tenants/{id}/denials", get(api::tenant_denials))
+            .route("/v1/tenants/{id}/limits", get(views::tenant_limits))
+            .route("/v1/tenants/{id}/denials", get(views::tenant_denials))
             .layer(axum::middleware::from_fn_with_state(Arc::clone(&access), access::authenticate))
             .layer(DefaultBodyLimit::max(section.max_body_bytes))
             .with_state(Arc::new(ApiState { checks: Arc::clone(&checks), access: Arc::clone(&access) }))
