@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisResult, Script};
+use redis::io::tcp::TcpSettings;
+use redis::{ConnectionInfo, IntoConnectionInfo, RedisResult, Script};
 use tally_schemas::tiers::RateQuota;
 
 use crate::config::RateStoreConfig;
@@ -90,7 +91,8 @@ impl RedisRate {
         let connection = match urls.as_slice() {
             [] => return Err("[enforcer.rate] redis_url is empty: name the Redis server".to_owned()),
             [url] => {
-                let client = redis::Client::open(*url).map_err(|e| format!("[enforcer.rate] redis_url: {e}"))?;
+                let client =
+                    redis::Client::open(no_delay(url)?).map_err(|e| format!("[enforcer.rate] redis_url: {e}"))?;
                 let settings = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
                     .set_response_timeout(Some(timeout))
@@ -102,7 +104,8 @@ impl RedisRate {
                 )
             }
             nodes => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+                let nodes = nodes.iter().map(|url| no_delay(url)).collect::<Result<Vec<_>, _>>()?;
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
                     .connection_timeout(timeout.max(Duration::from_millis(250)))
                     .response_timeout(timeout)
                     .retries(1)
@@ -152,6 +155,13 @@ impl RedisRate {
         };
         answer.map(drop).map_err(|e| e.to_string())
     }
+}
+
+/// `url` with `TCP_NODELAY`: a check is one small request waiting for its answer, which Nagle's
+/// algorithm would hold back (redis-rs leaves it off by default).
+fn no_delay(url: &str) -> Result<ConnectionInfo, String> {
+    let info = url.into_connection_info().map_err(|e| format!("[enforcer.rate] redis_url: {e}"))?;
+    Ok(info.set_tcp_settings(TcpSettings::default().set_nodelay(true)))
 }
 
 /// Runs the script, bounded by `timeout`: dropping the future abandons only the answer (a check
