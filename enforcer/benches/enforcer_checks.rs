@@ -35,7 +35,7 @@ use tally_enforcer::checks::Checks;
 use tally_enforcer::{Enforcer, EnforcerConfig};
 use tally_schemas::Tier;
 use tally_testkit::TestPostgres;
-use tally_testkit::bench::{arg, drive_checks, peak_rss_mib, seed_tenants, tenant_name};
+use tally_testkit::bench::{arg, drive_checks, peak_rss_mib, seed_tenants, serve_on_loopback, tenant_name};
 use tokio_util::sync::CancellationToken;
 
 // Counts allocated bytes, to measure memory per tenant exactly.
@@ -163,10 +163,7 @@ async fn limitador_server(tenants: usize) -> std::net::SocketAddr {
             ),
         )
         .with_state(limiter);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
+    serve_on_loopback(router).await
 }
 
 async fn over_http(tenants: usize, seconds: u64, clients: usize) {

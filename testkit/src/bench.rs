@@ -104,3 +104,11 @@ pub async fn seed_tenants(pg: &crate::TestPostgres, tenants: usize) -> String {
 pub fn tenant_name(n: usize) -> String {
     format!("tenant-{n:07}")
 }
+
+/// Serves `router` on a free loopback port (a baseline behind the same HTTP stack as Tally's).
+pub async fn serve_on_loopback(router: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serving") });
+    addr
+}

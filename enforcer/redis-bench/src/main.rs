@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tally_enforcer::config::RateStoreKind;
 use tally_enforcer::{Enforcer, EnforcerConfig};
 use tally_testkit::TestPostgres;
-use tally_testkit::bench::{Driven, arg, drive_checks, peak_rss_mib, seed_tenants, tenant_name};
+use tally_testkit::bench::{Driven, arg, drive_checks, peak_rss_mib, seed_tenants, serve_on_loopback, tenant_name};
 use tokio_util::sync::CancellationToken;
 
 /// Clients of the lighter run, below saturation, where p99 is read (goal <= 1 ms).
@@ -49,10 +49,7 @@ async fn limitador_server(storage: Box<dyn AsyncCounterStorage>) -> std::net::So
             }),
         )
         .with_state(limiter);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
+    serve_on_loopback(router).await
 }
 
 fn line(name: &str, driven: Driven) {
