@@ -130,13 +130,21 @@ impl TestRedisCluster {
         cluster
     }
 
+    /// Every node reports the cluster healthy and all agree on who serves which slots.
     fn is_ok(&self) -> bool {
-        self.ports.iter().all(|port| {
+        let healthy = self.ports.iter().all(|port| {
             Command::new("redis-cli")
                 .args(["-p", &port.to_string(), "cluster", "info"])
                 .output()
                 .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok"))
-        })
+        });
+        healthy
+            && Command::new("redis-cli")
+                .args(["--cluster", "check", &format!("127.0.0.1:{}", self.ports[0])])
+                .output()
+                .is_ok_and(|out| {
+                    String::from_utf8_lossy(&out.stdout).contains("All nodes agree about slots configuration")
+                })
     }
 
     /// How many keys each node holds now.

@@ -52,6 +52,7 @@ async fn every_endpoint_refuses_a_missing_or_bad_key_and_another_tenants_key() {
     let app = App::spawn(&stores, stores.config()).await;
     let acme = stores.key(Scope::Tenant, Some("acme")).await;
     let globex = stores.key(Scope::Tenant, Some("globex")).await;
+    app.usage_read().await;
     let (status, _, held) = app.post_as(Some(&acme), "/v1/check/users", json!({ "tenant_id": "acme" })).await;
     assert_eq!(status, 200, "{held}");
     let reservation = held["reservation_id"].as_str().unwrap().to_owned();

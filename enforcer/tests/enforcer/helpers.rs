@@ -152,6 +152,13 @@ impl App {
         self.post("/v1/check/rate", json!({ "tenant_id": tenant })).await
     }
 
+    /// Waits until the enforcer has read usage from ClickHouse once (reservations fail closed
+    /// before that).
+    pub async fn usage_read(&self) {
+        let read = Self::within(Duration::from_secs(10), async || self.checks.usage.age().is_some()).await;
+        assert!(read.is_some(), "the enforcer never read usage");
+    }
+
     /// Polls `probe` until it returns true; the time it took, or `None` after `limit`.
     pub async fn within(limit: Duration, mut probe: impl AsyncFnMut() -> bool) -> Option<Duration> {
         let started = Instant::now();

@@ -125,7 +125,8 @@ async fn redis_paused_or_stopped_follows_the_policy_and_recovers() {
 #[tokio::test]
 async fn a_redis_cluster_holds_each_tenants_limit_across_replicas() {
     let stores = Stores::new().await;
-    let tenants = ["acme", "globex", "initech", "umbrella", "hooli"];
+    // Nine tenants: their keys all hashing to one node of three is a 1-in-6,500 chance.
+    let tenants = ["acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell", "cyberdyne"];
     for tenant in tenants {
         stores.tenant(tenant, "STANDARD").await;
         stores
