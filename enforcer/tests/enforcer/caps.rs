@@ -144,12 +144,7 @@ async fn two_hundred_invites_across_two_replicas_are_all_answered_and_admit_exac
         assert_eq!((admitted, denied), (expected, 200 - expected), "round {round}: every request answered, none 503");
     }
     // No connection went back to the pool inside a transaction, and none is left open in one.
-    let stuck: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
-    )
-    .fetch_one(&stores.pg.pool)
-    .await
-    .unwrap();
+    let stuck = stores.idle_in_transaction().await;
     assert_eq!(stuck, 0);
     let (_, limits) = first.get("/v1/tenants/acme/limits").await;
     assert_eq!((limits["users"]["used"].as_u64(), limits["users"]["held"].as_u64()), (Some(50), Some(50)), "{limits}");

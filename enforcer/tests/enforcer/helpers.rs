@@ -59,6 +59,16 @@ impl Stores {
             .unwrap();
     }
 
+    /// Sessions of this test's database sitting idle inside a transaction.
+    pub async fn idle_in_transaction(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&self.pg.pool)
+        .await
+        .unwrap()
+    }
+
     pub async fn sql(&self, statement: &str) {
         sqlx::query(statement).execute(&self.pg.pool).await.unwrap();
     }

@@ -213,12 +213,7 @@ async fn a_replica_paused_inside_its_reservations_does_not_stall_the_others() {
     })
     .await;
     assert!(recovered.is_some(), "the resumed replica reserves again");
-    let stuck: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
-    )
-    .fetch_one(&stores.pg.pool)
-    .await
-    .unwrap();
+    let stuck = stores.idle_in_transaction().await;
     assert_eq!(stuck, 0, "no transaction is left open");
     drop(other);
     drop(paused);
