@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use futures_util::StreamExt;
+use tally_billing_sync::config::MeterSpec;
 use tally_billing_sync::{BillingConfig, BillingSync};
 use tally_kit::rollups::RollupRow;
 use tally_stripe_fake::Fake;
@@ -100,7 +101,7 @@ fn main() {
         config.billing.stripe_url = stripe.clone();
         config.billing.concurrency = concurrency;
         config.billing.settle_minutes = 0;
-        config.billing.meters = METRICS.iter().map(|m| ((*m).to_owned(), (*m).to_owned())).collect();
+        config.billing.meters = METRICS.iter().map(|m| ((*m).to_owned(), MeterSpec::Name((*m).to_owned()))).collect();
         config.postgres.max_connections = u32::try_from(concurrency).unwrap() + 2;
         let sync = BillingSync::new(config).unwrap();
         let started = Instant::now();

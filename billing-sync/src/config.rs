@@ -1,10 +1,12 @@
 //! billing-sync's configuration: the shared connection sections and `[billing]`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use serde::Deserialize;
 use tally_kit::Secret;
 use tally_kit::config::{ClickHouseConfig, PostgresConfig, TelemetryConfig};
+use tally_schemas::Quantity;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -22,7 +24,7 @@ impl tally_kit::service::ServiceConfig for BillingConfig {
 }
 
 /// The billing window: each window's total is one meter event (plus corrections).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Window {
     Hour,
@@ -44,6 +46,48 @@ impl Window {
             Window::Day => "day",
         }
     }
+
+    pub fn parse(granularity: &str) -> Option<Self> {
+        match granularity {
+            "hour" => Some(Window::Hour),
+            "day" => Some(Window::Day),
+            _ => None,
+        }
+    }
+}
+
+/// How one billable metric is billed: the Stripe meter's `event_name` and the billing unit.
+/// Written as a table `{ event_name = "…", unit = "1000" }`, or as the event name alone (unit 1).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum MeterSpec {
+    Name(String),
+    Full {
+        event_name: String,
+        /// Tally's amount per whole unit sent to Stripe (Stripe takes whole numbers only), e.g.
+        /// `"1000"` to bill per thousand API calls or `"0.001"` to bill milliseconds of seconds.
+        #[serde(default = "one")]
+        unit: Quantity,
+    },
+}
+
+fn one() -> Quantity {
+    Quantity::from_int(1)
+}
+
+impl MeterSpec {
+    pub fn event_name(&self) -> &str {
+        match self {
+            MeterSpec::Name(name) | MeterSpec::Full { event_name: name, .. } => name,
+        }
+    }
+
+    pub fn unit(&self) -> Quantity {
+        match self {
+            MeterSpec::Name(_) => one(),
+            MeterSpec::Full { unit, .. } => *unit,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,13 +103,22 @@ pub struct BillingSection {
     pub settle_minutes: i64,
     /// Meter events in flight at once.
     pub concurrency: usize,
-    /// Attempts per meter event on 429, 5xx, timeouts and lost answers (backoff with jitter).
+    /// Attempts per Stripe request on 409, 429, 5xx, timeouts and lost answers (backoff with
+    /// jitter) before the event is left for the next run.
     pub max_attempts: u32,
     pub request_timeout_ms: u64,
-    /// Billable metric → the Stripe meter's `event_name`.
-    pub meters: BTreeMap<String, String>,
+    /// Billable metric → its Stripe meter and billing unit.
+    pub meters: BTreeMap<String, MeterSpec>,
     /// Daemon mode: seconds between runs.
     pub interval_secs: u64,
+    /// Daemon mode: `/livez`, `/readyz` and `/metrics` (port 0 picks one).
+    pub listen: SocketAddr,
+    /// A window Stripe refused is tried again after this long, or at once when the tenant's
+    /// Stripe customer changed.
+    pub refusal_retry_minutes: i64,
+    /// Over-billing is corrected by cancelling events Stripe received less than this long ago
+    /// (Stripe cancels within 24 h; the margin covers clock drift), else by a negative event.
+    pub cancel_within_hours: i64,
 }
 
 impl Default for BillingSection {
@@ -80,10 +133,13 @@ impl Default for BillingSection {
             max_attempts: 8,
             request_timeout_ms: 10_000,
             meters: BTreeMap::from([
-                ("api_calls".to_owned(), "api_calls".to_owned()),
-                ("compute_seconds".to_owned(), "compute_seconds".to_owned()),
+                ("api_calls".to_owned(), MeterSpec::Name("api_calls".to_owned())),
+                ("compute_seconds".to_owned(), MeterSpec::Name("compute_seconds".to_owned())),
             ]),
             interval_secs: 300,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8084)),
+            refusal_retry_minutes: 60,
+            cancel_within_hours: 23,
         }
     }
 }

@@ -1,288 +1,417 @@
-//! One sync run: for every billable (tenant, metric, window) with a Stripe customer, send what
-//! Stripe does not have yet — unfinished events first (same identifier), then the difference
-//! between Tally's total and what Stripe acknowledged.
+//! One sync run: load every stream's windows, then bring each stream's Stripe meter up to
+//! Tally's totals — streams side by side, each stream's rows one at a time (Stripe takes one
+//! concurrent meter event per customer and meter, and each row's whole units depend on the
+//! head the previous row left).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use clickhouse::Row;
+use clickhouse::Row as ChRow;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tally_schemas::Quantity;
 
-use crate::config::BillingSection;
-use crate::ledger::{self, Entry, Key};
-use crate::stripe::{MeterEvent, StripeClient};
+use crate::config::{BillingSection, Window};
+use crate::ledger::{self, Head, Kind, Row, State, StreamKey};
+use crate::plan::{self, Decision, Policy, Stream};
+use crate::stripe::{MeterEvent, Outcome, StripeClient};
 
-#[derive(Debug, Row, Deserialize)]
+#[derive(Debug, ChRow, Deserialize)]
 struct Total {
     tenant_id: String,
     metric: String,
+    granularity: String,
     window_start: u32,
     total: i128,
 }
 
-/// Tally's total per (tenant, billable metric, window) over `[start, end)`, from the rollups.
-async fn totals(
-    clickhouse: &clickhouse::Client,
-    settings: &BillingSection,
-    start: i64,
-    end: i64,
-) -> clickhouse::error::Result<Vec<Total>> {
-    let metrics: Vec<&str> = settings.meters.keys().map(String::as_str).collect();
-    clickhouse
-        .query(
-            "SELECT tenant_id, metric, toUInt32(window_start) AS window_start, total FROM usage_windows \
-             WHERE granularity = ? AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC') \
-             AND metric IN ? ORDER BY tenant_id, metric, window_start",
-        )
-        .bind(settings.window.granularity())
-        .bind(start)
-        .bind(end)
-        .bind(&metrics)
-        .fetch_all()
-        .await
-}
-
-/// One meter event to send, with the ledger key it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Planned {
-    pub tenant_id: String,
-    pub metric: String,
-    pub window_start: i64,
-    pub seq: i32,
-    pub stripe_customer_id: String,
-    pub event_name: String,
-    pub value: String,
-    pub identifier: String,
-    /// `true` when a crash left it unacknowledged and it is sent again as it was.
-    pub resend: bool,
-}
-
-/// What a run did.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Report {
-    pub planned: usize,
-    pub sent: usize,
-    pub resent: usize,
-    /// Tenants with usage but no row in `stripe_customers`.
-    pub tenants_without_customer: usize,
-    /// Windows where Stripe already holds more than Tally's total (reported, never "unsent").
-    pub over_billed_windows: usize,
-    /// tenant → the errors of its events that did not reach Stripe.
-    pub failures: BTreeMap<String, Vec<String>>,
-    /// Seconds since the end of the oldest window this run had to send something for (0 when
-    /// nothing was missing): how far behind Stripe is.
-    pub oldest_unsynced_lag_secs: i64,
-}
-
-/// The windows a run covers: settled ones inside Stripe's 35-day limit.
+/// The windows a run covers: from the lookback (inside Stripe's 35 days) to the settled edge.
 pub fn range(settings: &BillingSection, now: DateTime<Utc>) -> (i64, i64) {
     let step = settings.window.seconds();
-    let end = (now - TimeDelta::minutes(settings.settle_minutes)).timestamp().div_euclid(step) * step;
+    let settled = (now - TimeDelta::minutes(settings.settle_minutes)).timestamp();
     let start = (now - TimeDelta::days(settings.lookback_days)).timestamp().div_euclid(step) * step + step;
-    (start, end)
+    (start, settled)
 }
 
-/// Works out every meter event the run must send.
-pub async fn plan(
+/// A configuration mistake that no retry fixes: the daemon stops on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Every billed stream over `[start, settled)`, and the tenants with usage but no customer.
+pub async fn load(
     pool: &PgPool,
     clickhouse: &clickhouse::Client,
     settings: &BillingSection,
-    now: DateTime<Utc>,
-    report: &mut Report,
-) -> anyhow::Result<Vec<Planned>> {
-    let (start, end) = range(settings, now);
+    (start, settled): (i64, i64),
+) -> anyhow::Result<(Vec<Stream>, usize)> {
     let customers: HashMap<String, String> =
         sqlx::query_as::<_, (String, String)>("SELECT tenant_id, stripe_customer_id FROM stripe_customers")
             .fetch_all(pool)
             .await?
             .into_iter()
             .collect();
-    let totals = totals(clickhouse, settings, start, end).await?;
-    let since = DateTime::from_timestamp(start, 0).unwrap_or_default();
-    let ledger = ledger::load(pool, since).await?;
-    let mut planned = Vec::new();
-    let mut without_customer = std::collections::HashSet::new();
+    let heads = ledger::load_heads(pool).await?;
+    let mut rows = ledger::load_rows(pool, DateTime::from_timestamp(start, 0).unwrap_or_default()).await?;
+    let mut granularities: HashSet<&'static str> = HashSet::from([settings.window.granularity()]);
+    granularities.extend(rows.values().flatten().map(|r| r.granularity.granularity()));
+    let metrics: Vec<&str> = settings.meters.keys().map(String::as_str).collect();
+    let granularities: Vec<&str> = granularities.into_iter().collect();
+    let totals: Vec<Total> = clickhouse
+        .query(
+            "SELECT tenant_id, metric, granularity, toUInt32(window_start) AS window_start, total FROM usage_windows \
+             WHERE granularity IN ? AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC') \
+             AND metric IN ?",
+        )
+        .bind(&granularities)
+        .bind(start)
+        .bind(settled)
+        .bind(&metrics)
+        .fetch_all()
+        .await?;
+    let mut by_stream: HashMap<StreamKey, HashMap<(Window, i64), Quantity>> = HashMap::new();
     for total in totals {
-        let Some(customer) = customers.get(&total.tenant_id) else {
-            without_customer.insert(total.tenant_id.clone());
+        let Some(granularity) = Window::parse(&total.granularity) else { continue };
+        by_stream
+            .entry((total.tenant_id, total.metric))
+            .or_default()
+            .insert((granularity, i64::from(total.window_start)), Quantity::from_units(total.total));
+    }
+    let keys: HashSet<StreamKey> = by_stream.keys().chain(rows.keys()).cloned().collect();
+    let mut without_customer = HashSet::new();
+    let mut streams = Vec::new();
+    for key in keys {
+        let Some(spec) = settings.meters.get(&key.1) else { continue };
+        let head = heads.get(&key).cloned().unwrap_or_else(|| Head::new(spec.unit()));
+        if head.unit != spec.unit() {
+            return Err(ConfigError(format!(
+                "[billing.meters.{}] unit is {}, but the ledger bills this metric in units of {}: a unit cannot change \
+                 under sent events. Bill the new unit as a new metric name (and Stripe meter), or restore unit = \"{}\"",
+                key.1,
+                spec.unit(),
+                head.unit,
+                head.unit
+            ))
+            .into());
+        }
+        let totals = by_stream.remove(&key).unwrap_or_default();
+        let windows = plan::windows(settings.window, &totals, rows.remove(&key).unwrap_or_default(), (start, settled));
+        let Some(customer) = customers.get(&key.0) else {
+            if windows.iter().any(|w| w.tally != Quantity::ZERO) {
+                without_customer.insert(key.0.clone());
+            }
             continue;
         };
-        let Some(event_name) = settings.meters.get(&total.metric) else { continue };
-        let key: Key = (total.tenant_id.clone(), total.metric.clone(), i64::from(total.window_start));
-        let entries = ledger.get(&key).map(Vec::as_slice).unwrap_or_default();
-        let planned_for = |entry: &Entry, resend: bool| Planned {
+        if windows.is_empty() {
+            continue;
+        }
+        streams.push(Stream {
+            customer: customer.clone(),
+            event_name: spec.event_name().to_owned(),
+            key,
+            head,
+            windows,
+        });
+    }
+    streams.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((streams, without_customer.len()))
+}
+
+/// One row a run sent or would send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Planned {
+    pub tenant_id: String,
+    pub metric: String,
+    pub granularity: &'static str,
+    pub window_start: i64,
+    pub seq: i32,
+    pub kind: &'static str,
+    /// Tally's exact amount the row accounts for.
+    pub amount: String,
+    /// Whole units sent to Stripe.
+    pub value: i64,
+    pub identifier: String,
+    pub stripe_customer_id: String,
+    pub event_name: String,
+    pub cancels: Option<String>,
+    /// A row a crashed run left pending, sent again as it was.
+    pub resend: bool,
+}
+
+impl Planned {
+    fn of(key: &StreamKey, row: &Row, resend: bool) -> Self {
+        Self {
             tenant_id: key.0.clone(),
             metric: key.1.clone(),
-            window_start: key.2,
-            seq: entry.seq,
-            stripe_customer_id: entry.stripe_customer_id.clone(),
-            event_name: entry.event_name.clone(),
-            value: entry.amount.to_string(),
-            identifier: entry.identifier.clone(),
+            granularity: row.granularity.granularity(),
+            window_start: row.window_start,
+            seq: row.seq,
+            kind: match row.kind {
+                Kind::Event => "event",
+                Kind::Cancel => "cancel",
+                Kind::Carry => "carry",
+            },
+            amount: row.amount.to_string(),
+            value: row.value,
+            identifier: row.identifier.clone(),
+            stripe_customer_id: row.stripe_customer_id.clone(),
+            event_name: row.event_name.clone(),
+            cancels: row.cancels.clone(),
             resend,
-        };
-        let pending: Vec<&Entry> = entries.iter().filter(|e| !e.acknowledged).collect();
-        if !pending.is_empty() {
-            // Finish what a crashed run started before deciding anything new for this window.
-            planned.extend(pending.into_iter().map(|entry| planned_for(entry, true)));
-            continue;
         }
-        let sent: i128 = entries.iter().map(|e| e.amount.units()).sum();
-        let missing = total.total - sent;
-        if missing < 0 {
-            report.over_billed_windows += 1;
-            tracing::warn!(tenant = key.0, metric = key.1, window = key.2, "Stripe holds more than Tally's total");
-            continue;
-        }
-        if missing == 0 {
-            continue;
-        }
-        let seq = entries.iter().map(|e| e.seq + 1).max().unwrap_or(0);
-        let entry = Entry {
-            seq,
-            amount: Quantity::from_units(missing),
-            identifier: ledger::identifier(&key, seq),
-            acknowledged: false,
-            stripe_customer_id: customer.clone(),
-            event_name: event_name.clone(),
-        };
-        planned.push(planned_for(&entry, false));
     }
-    report.tenants_without_customer = without_customer.len();
-    report.planned = planned.len();
-    report.oldest_unsynced_lag_secs = planned
-        .iter()
-        .map(|p| p.window_start + settings.window.seconds())
-        .min()
-        .map_or(0, |end| (now.timestamp() - end).max(0));
-    Ok(planned)
 }
 
-/// One (customer, meter, window) where Stripe's summary and Tally's total differ.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Difference {
+/// A window Stripe refused, left out of billing until the cause is fixed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refused {
     pub tenant_id: String,
-    pub stripe_customer_id: String,
     pub metric: String,
     pub window_start: i64,
-    pub tally: f64,
-    pub stripe: f64,
+    pub code: String,
+    /// Refused by Stripe in this run (else still waiting from an earlier refusal).
+    pub this_run: bool,
 }
 
-/// Compares, per billed customer and meter, Tally's window totals with Stripe's meter event
-/// summaries over `[start, end)` (window-aligned) and lists every difference.
-pub async fn parity(
-    pool: &PgPool,
-    clickhouse: &clickhouse::Client,
-    stripe: &StripeClient,
-    settings: &BillingSection,
-    (start, end): (i64, i64),
-) -> anyhow::Result<Vec<Difference>> {
-    let customers: Vec<(String, String)> =
-        sqlx::query_as("SELECT tenant_id, stripe_customer_id FROM stripe_customers ORDER BY tenant_id")
-            .fetch_all(pool)
-            .await?;
-    let totals = totals(clickhouse, settings, start, end).await?;
-    let tally: HashMap<(String, String, i64), i128> =
-        totals.into_iter().map(|t| ((t.tenant_id, t.metric, i64::from(t.window_start)), t.total)).collect();
-    let meters = stripe.meters_by_event_name().await?;
-    let mut differences = Vec::new();
-    for (tenant, customer) in &customers {
-        for (metric, event_name) in &settings.meters {
-            let Some(meter) = meters.get(event_name) else {
-                anyhow::bail!("Stripe has no meter with event_name {event_name:?} (for metric {metric})");
-            };
-            let summaries = stripe.summaries(meter, customer, start, end, settings.window).await?;
-            let mut at = start;
-            while at < end {
-                let ours = tally.get(&(tenant.clone(), metric.clone(), at)).copied().unwrap_or(0) as f64 / 1e9;
-                let theirs = summaries.get(&at).copied().unwrap_or(0.0);
-                if (ours - theirs).abs() > 1e-9 * ours.abs().max(1.0) {
-                    differences.push(Difference {
-                        tenant_id: tenant.clone(),
-                        stripe_customer_id: customer.clone(),
-                        metric: metric.clone(),
-                        window_start: at,
-                        tally: ours,
-                        stripe: theirs,
-                    });
-                }
-                at += settings.window.seconds();
-            }
-        }
+impl Refused {
+    fn of(stream: &Stream, window_start: i64, code: String, this_run: bool) -> Self {
+        Self { tenant_id: stream.key.0.clone(), metric: stream.key.1.clone(), window_start, code, this_run }
     }
-    Ok(differences)
 }
 
-/// Sends the planned events, `concurrency` at a time; each is written to the ledger as pending
-/// first and marked acknowledged once Stripe has it. One event's failure stops nothing else.
-pub async fn send(
-    pool: &PgPool,
-    stripe: &StripeClient,
+/// What a run did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    /// Rows written (or, in a dry run, that would be).
+    pub planned: usize,
+    /// Meter events sent (negative corrections included).
+    pub sent: usize,
+    pub resent: usize,
+    /// Events cancelled by a meter event adjustment (over-billing within 24 h).
+    pub cancelled: usize,
+    /// Negative events sent (over-billing older than the cancellation window).
+    pub negative_corrections: usize,
+    /// Windows whose new amount stayed within the carried fraction.
+    pub carried_rows: usize,
+    /// Tenants with usage but no row in `stripe_customers`.
+    pub tenants_without_customer: usize,
+    /// Windows Stripe refused (this run, or still waiting for their retry).
+    pub refused: Vec<Refused>,
+    /// tenant → the errors of its rows that did not reach Stripe (retried by the next run).
+    pub failures: BTreeMap<String, Vec<String>>,
+    /// The Stripe key was refused: nothing can be sent until the configuration is fixed.
+    pub unauthorized: bool,
+    /// Seconds since the end of the oldest window this run had to send something for.
+    pub oldest_unsynced_lag_secs: i64,
+    /// metric → the exact fractions carried over all tenants, below one unit each.
+    pub carried: BTreeMap<String, String>,
+}
+
+/// Where a stream goes after one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Row,
+    /// Stripe refused the row: the window's later rows assumed it, so they wait for next run.
+    Window,
+    Stop,
+}
+
+#[derive(Debug, Default)]
+struct StreamRun {
+    report: Report,
     planned: Vec<Planned>,
-    concurrency: usize,
-    report: &mut Report,
-) {
-    let pool = Arc::new(pool.clone());
-    // Drawn only on an interactive terminal (indicatif hides it otherwise): long catch-up runs.
-    let progress = indicatif::ProgressBar::new(planned.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} meter events, {per_sec}, eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let outcomes = futures_util::stream::iter(planned)
-        .map(|item| {
-            let pool = Arc::clone(&pool);
-            async move {
-                let outcome = send_one(&pool, stripe, &item).await;
-                (item, outcome)
+    oldest_window_end: Option<i64>,
+    head: Option<Head>,
+}
+
+/// The shared pieces a run needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    pub pool: &'a PgPool,
+    pub stripe: &'a StripeClient,
+    pub policy: Policy,
+    pub dry_run: bool,
+    pub window_seconds: i64,
+}
+
+impl Run<'_> {
+    /// Runs every stream, `concurrency` streams at a time.
+    pub async fn all(self, streams: Vec<Stream>, concurrency: usize, report: &mut Report) -> Vec<Planned> {
+        let now = self.policy.now.timestamp();
+        let runs: Vec<(StreamKey, StreamRun)> = futures_util::stream::iter(streams)
+            .map(|stream| async move { (stream.key.clone(), self.stream(stream).await) })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        let mut planned = Vec::new();
+        let mut carried: BTreeMap<String, i128> = BTreeMap::new();
+        for (key, run) in runs {
+            let part = run.report;
+            report.planned += part.planned;
+            report.sent += part.sent;
+            report.resent += part.resent;
+            report.cancelled += part.cancelled;
+            report.negative_corrections += part.negative_corrections;
+            report.carried_rows += part.carried_rows;
+            report.unauthorized |= part.unauthorized;
+            report.refused.extend(part.refused);
+            for (tenant, errors) in part.failures {
+                report.failures.entry(tenant).or_default().extend(errors);
             }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .inspect(|_| progress.inc(1))
-        .collect::<Vec<_>>()
-        .await;
-    progress.finish_and_clear();
-    for (item, outcome) in outcomes {
+            if let Some(end) = run.oldest_window_end {
+                report.oldest_unsynced_lag_secs = report.oldest_unsynced_lag_secs.max(now - end);
+            }
+            if let Some(head) = run.head {
+                *carried.entry(key.1).or_default() += head.carried().units();
+            }
+            planned.extend(run.planned);
+        }
+        report
+            .refused
+            .sort_by(|a, b| (&a.tenant_id, &a.metric, a.window_start).cmp(&(&b.tenant_id, &b.metric, b.window_start)));
+        report.carried =
+            carried.into_iter().map(|(metric, units)| (metric, Quantity::from_units(units).to_string())).collect();
+        planned
+    }
+
+    async fn stream(self, stream: Stream) -> StreamRun {
+        let mut run = StreamRun::default();
+        let mut head = stream.head.clone();
+        let pending: Option<Row> =
+            stream.windows.iter().flat_map(|w| &w.rows).find(|r| r.state == State::Pending).cloned();
+        if let Some(row) = pending {
+            run.oldest_window_end = Some(row.window_start + self.window_seconds);
+            run.planned.push(Planned::of(&stream.key, &row, true));
+            if !self.dry_run && self.deliver(&stream, &mut head, &row, true, &mut run).await == Next::Stop {
+                run.head = Some(head);
+                return run;
+            }
+        }
+        for window in &stream.windows {
+            let rows = match plan::decide(&stream, &head, window, &self.policy) {
+                Decision::Nothing => continue,
+                Decision::Blocked { code } => {
+                    // A missing customer or meter is the whole stream's cause: its later windows wait too.
+                    let stream_wide = code == "resource_missing";
+                    run.report.refused.push(Refused::of(&stream, window.start, code, false));
+                    if stream_wide {
+                        break;
+                    }
+                    continue;
+                }
+                Decision::Rows(rows) => rows,
+            };
+            run.oldest_window_end.get_or_insert(window.start + window.granularity.seconds());
+            for row in rows {
+                run.report.planned += 1;
+                run.planned.push(Planned::of(&stream.key, &row, false));
+                if self.dry_run {
+                    head = head.with(&row);
+                    continue;
+                }
+                let after = head.with(&row);
+                match ledger::write(self.pool, &stream.key, &head, &after, &row).await {
+                    Ok(true) => head = after,
+                    Ok(false) => {
+                        tracing::info!(
+                            tenant = stream.key.0,
+                            metric = stream.key.1,
+                            "another run is billing this stream"
+                        );
+                        run.head = Some(head);
+                        return run;
+                    }
+                    Err(error) => {
+                        fail(&mut run, &stream, &row, &error.to_string());
+                        run.head = Some(head);
+                        return run;
+                    }
+                }
+                if row.kind == Kind::Carry {
+                    run.report.carried_rows += 1;
+                    continue;
+                }
+                match self.deliver(&stream, &mut head, &row, false, &mut run).await {
+                    Next::Row => {}
+                    Next::Window => break,
+                    Next::Stop => {
+                        run.head = Some(head);
+                        return run;
+                    }
+                }
+            }
+        }
+        run.head = Some(head);
+        run
+    }
+
+    /// Sends a written row and records Stripe's answer.
+    async fn deliver(&self, stream: &Stream, head: &mut Head, row: &Row, resend: bool, run: &mut StreamRun) -> Next {
+        let outcome = match row.kind {
+            Kind::Event => {
+                let event = MeterEvent {
+                    event_name: &row.event_name,
+                    customer: &row.stripe_customer_id,
+                    value: row.value,
+                    identifier: &row.identifier,
+                    timestamp: row.window_start,
+                };
+                self.stripe.send_event(&event).await
+            }
+            Kind::Cancel => {
+                let cancels = row.cancels.as_deref().unwrap_or_default();
+                self.stripe.cancel_event(&row.event_name, cancels, &row.identifier).await
+            }
+            Kind::Carry => Outcome::Taken,
+        };
         match outcome {
-            Ok(()) if item.resend => report.resent += 1,
-            Ok(()) => report.sent += 1,
-            Err(error) => report
-                .failures
-                .entry(item.tenant_id.clone())
-                .or_default()
-                .push(format!("{} window {}: {error}", item.metric, item.window_start)),
+            Outcome::Taken => {
+                if let Err(error) = ledger::acknowledge(self.pool, &row.identifier).await {
+                    fail(run, stream, row, &error.to_string());
+                    return Next::Stop;
+                }
+                match (row.kind, resend, row.value < 0) {
+                    (_, true, _) => run.report.resent += 1,
+                    (Kind::Cancel, false, _) => run.report.cancelled += 1,
+                    (_, false, true) => {
+                        run.report.negative_corrections += 1;
+                        run.report.sent += 1;
+                    }
+                    _ => run.report.sent += 1,
+                }
+                Next::Row
+            }
+            Outcome::Refused { code, message, stream_wide } => {
+                tracing::warn!(
+                    tenant = stream.key.0, metric = stream.key.1, window = row.window_start, %code, %message,
+                    "stripe refused the row; the window waits until the cause is fixed"
+                );
+                let after = head.without(row);
+                match ledger::refuse(self.pool, &stream.key, (head, &after), row, (&code, &message)).await {
+                    Ok(true) => *head = after,
+                    Ok(false) => return Next::Stop,
+                    Err(error) => {
+                        fail(run, stream, row, &error.to_string());
+                        return Next::Stop;
+                    }
+                }
+                run.report.refused.push(Refused::of(stream, row.window_start, code, true));
+                if stream_wide { Next::Stop } else { Next::Window }
+            }
+            Outcome::Failed(error) => {
+                run.report.unauthorized |= error.is_unauthorized();
+                fail(run, stream, row, &error.to_string());
+                Next::Stop
+            }
         }
     }
 }
 
-async fn send_one(pool: &PgPool, stripe: &StripeClient, item: &Planned) -> anyhow::Result<()> {
-    if !item.resend {
-        let key: Key = (item.tenant_id.clone(), item.metric.clone(), item.window_start);
-        let entry = Entry {
-            seq: item.seq,
-            amount: item.value.parse().map_err(|e| anyhow::anyhow!("amount {}: {e}", item.value))?,
-            identifier: item.identifier.clone(),
-            acknowledged: false,
-            stripe_customer_id: item.stripe_customer_id.clone(),
-            event_name: item.event_name.clone(),
-        };
-        if !ledger::write_pending(pool, &key, &entry).await? {
-            // Another run wrote this row first and owns it; a later run resends it if unfinished.
-            return Ok(());
-        }
-    }
-    let event = MeterEvent {
-        event_name: item.event_name.clone(),
-        customer: item.stripe_customer_id.clone(),
-        value: item.value.clone(),
-        identifier: item.identifier.clone(),
-        timestamp: item.window_start,
-    };
-    stripe.send(&event).await?;
-    ledger::acknowledge(pool, &item.identifier).await?;
-    Ok(())
+fn fail(run: &mut StreamRun, stream: &Stream, row: &Row, error: &str) {
+    run.report
+        .failures
+        .entry(stream.key.0.clone())
+        .or_default()
+        .push(format!("{} window {}: {error}", stream.key.1, row.window_start));
 }

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tally_schemas::Quantity;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Customer {
@@ -96,11 +95,15 @@ pub struct MeterEvent {
     pub identifier: String,
     pub event_name: String,
     pub customer: String,
-    pub value: Quantity,
+    /// Whole number (Stripe takes no fractions).
+    pub value: i64,
     /// The payload as sent (string values), returned as it came.
     pub payload: BTreeMap<String, String>,
     pub timestamp: i64,
     pub created: i64,
+    /// Cancelled by a meter event adjustment: no longer aggregated.
+    #[serde(default)]
+    pub canceled: bool,
 }
 
 impl MeterEvent {
@@ -129,8 +132,19 @@ pub fn summary_json(id: &str, meter: &str, start: i64, end: i64, aggregated: f64
     })
 }
 
-pub fn list_json(url: &str, data: Vec<Value>) -> Value {
-    json!({ "object": "list", "data": data, "has_more": false, "url": url })
+pub fn list_json(url: &str, data: Vec<Value>, has_more: bool) -> Value {
+    json!({ "object": "list", "data": data, "has_more": has_more, "url": url })
+}
+
+pub fn adjustment_json(event_name: &str, identifier: &str) -> Value {
+    json!({
+        "object": "billing.meter_event_adjustment",
+        "cancel": { "identifier": identifier },
+        "event_name": event_name,
+        "livemode": false,
+        "status": "complete",
+        "type": "cancel"
+    })
 }
 
 /// Stripe's error object.

@@ -1,25 +1,35 @@
-//! Request handling: authentication, faults, rate limit, idempotency, then the endpoint.
+//! Request handling, in Stripe's order: authentication, parameters, idempotency (a key in use
+//! by a request still running is a 409; a finished one replays its answer when the parameters
+//! match), one concurrent meter event per customer and meter, faults, the rate limit, then the
+//! endpoint. Every answer carries a `Request-Id`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::Fake;
+use crate::endpoints::{Form, dispatch};
 use crate::faults::{Fate, Faults};
-use crate::objects::{Customer, Formula, Meter, error_json, list_json, summary_json};
-use crate::store::{Refusal, SavedAnswer, invalid, missing};
+use crate::objects::error_json;
+use crate::store::{Refusal, SavedAnswer};
 
 pub async fn set_faults(State(fake): State<Arc<Fake>>, Json(faults): Json<Faults>) -> Json<Faults> {
     fake.set_faults(faults);
     Json(faults)
+}
+
+/// `POST /_fake/clock {"offset_secs": N}`: the fake's clock runs N seconds ahead of the host's
+/// (tests of Stripe's time rules, such as the 24-hour cancellation window).
+pub async fn set_clock(State(fake): State<Arc<Fake>>, Json(clock): Json<crate::Clock>) -> Json<crate::Clock> {
+    fake.set_clock(clock);
+    Json(clock)
 }
 
 fn refuse(refusal: &Refusal) -> Response {
@@ -31,27 +41,8 @@ fn api_error(status: StatusCode, kind: &'static str, code: Option<&'static str>,
     (status, Json(error_json(kind, code, message, None))).into_response()
 }
 
-type Form = BTreeMap<String, String>;
-
-/// `payload[value]`-style keys with the given prefix, as a map of the inner names.
-fn nested(form: &Form, prefix: &str) -> BTreeMap<String, String> {
-    form.iter()
-        .filter_map(|(key, value)| {
-            let inner = key.strip_prefix(prefix)?.strip_prefix('[')?.strip_suffix(']')?;
-            Some((inner.to_owned(), value.clone()))
-        })
-        .collect()
-}
-
-fn required<'a>(form: &'a Form, key: &str) -> Result<&'a str, Refusal> {
-    form.get(key)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| invalid(Some("parameter_missing"), format!("Missing required param: {key}."), Some(key)))
-}
-
-fn integer(raw: &str, param: &str) -> Result<i64, Refusal> {
-    raw.parse().map_err(|_| invalid(Some("parameter_invalid_integer"), format!("Invalid integer: {raw}"), Some(param)))
+fn rate_limited(message: &str) -> Response {
+    api_error(StatusCode::TOO_MANY_REQUESTS, "invalid_request_error", Some("rate_limit"), message)
 }
 
 /// The API key, sent as Stripe takes it: `Bearer <key>` or HTTP basic with the key as user name.
@@ -65,9 +56,54 @@ fn secret_key(headers: &HeaderMap) -> Option<String> {
     Some(user.split(':').next().unwrap_or_default().to_owned())
 }
 
+/// Removes its entry from a set of requests in flight when the request ends, however it ends.
+struct InFlight<'a, T: std::hash::Hash + Eq> {
+    set: &'a Mutex<HashSet<T>>,
+    entry: Option<T>,
+}
+
+impl<T: std::hash::Hash + Eq> Drop for InFlight<'_, T> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.set.lock().unwrap_or_else(PoisonError::into_inner).remove(&entry);
+        }
+    }
+}
+
+/// The parameters as Stripe compares them for a replay: method, path and the sorted pairs.
+fn fingerprint(method: &Method, path: &str, pairs: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
+    sorted.sort();
+    let mut hash = Sha256::new();
+    hash.update(method.as_str());
+    hash.update([0]);
+    hash.update(path);
+    for (key, value) in sorted {
+        hash.update([0]);
+        hash.update(key);
+        hash.update([1]);
+        hash.update(value);
+    }
+    format!("{:x}", hash.finalize())
+}
+
+fn parse(raw: &[u8], what: &str) -> Result<Vec<(String, String)>, Box<Response>> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(raw).map_err(|e| {
+        let message = format!("Invalid {what} encoding: {e}");
+        Box::new(api_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, &message))
+    })
+}
+
 pub async fn api(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let authorized =
-        secret_key(&headers).is_some_and(|key| key.starts_with("sk_test_") && key.len() > "sk_test_".len());
+    let mut response = handle(&fake, &method, &uri, &headers, &body).await;
+    if let Ok(id) = HeaderValue::from_str(&fake.request_id()) {
+        response.headers_mut().insert("request-id", id);
+    }
+    response
+}
+
+async fn handle(fake: &Fake, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Response {
+    let authorized = secret_key(headers).is_some_and(|key| key.starts_with("sk_test_") && key.len() > "sk_test_".len());
     if !authorized {
         return api_error(
             StatusCode::UNAUTHORIZED,
@@ -76,23 +112,69 @@ pub async fn api(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, header
             "Invalid API Key provided: send `Authorization: Bearer sk_test_…`.",
         );
     }
-    let now = chrono::Utc::now().timestamp();
+    let now = fake.now();
+    let pairs = match parse(body, "form") {
+        Ok(pairs) => pairs,
+        Err(response) => return *response,
+    };
+    let query: Form = match parse(uri.query().unwrap_or("").as_bytes(), "query") {
+        Ok(pairs) => pairs.into_iter().collect(),
+        Err(response) => return *response,
+    };
+    let print = fingerprint(method, uri.path(), &pairs);
+    let form: Form = pairs.into_iter().collect();
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut _key_in_use = None;
+    if *method == Method::POST
+        && let Some(key) = &key
+    {
+        let mut in_flight = fake.idempotency_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let saved = fake.lock().idempotency.get(key).cloned();
+        if let Some(saved) = saved {
+            if saved.fingerprint != print {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "idempotency_error",
+                    None,
+                    &format!(
+                        "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}'."
+                    ),
+                );
+            }
+            return (StatusCode::OK, [("idempotent-replayed", "true")], Json(saved.body)).into_response();
+        }
+        if !in_flight.insert(key.clone()) {
+            return api_error(
+                StatusCode::CONFLICT,
+                "idempotency_error",
+                Some("idempotency_key_in_use"),
+                &format!(
+                    "There is currently another in-progress request using this Stripe-Idempotency-Key ('{key}'); retry later."
+                ),
+            );
+        }
+        _key_in_use = Some(InFlight { set: &fake.idempotency_in_flight, entry: Some(key.clone()) });
+    }
+    let mut _metering = None;
+    if *method == Method::POST
+        && uri.path().trim_end_matches('/') == "/v1/billing/meter_events"
+        && let (Some(event_name), Some(customer)) = (form.get("event_name"), meter_customer(fake, &form))
+    {
+        let slot = (event_name.clone(), customer);
+        if !fake.metering_in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(slot.clone()) {
+            return rate_limited("Only one concurrent meter event is allowed per customer and meter; retry later.");
+        }
+        _metering = Some(InFlight { set: &fake.metering_in_flight, entry: Some(slot) });
+    }
     let (fate, delay) = {
-        let mut dice = fake.dice.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut dice = fake.dice.lock().unwrap_or_else(PoisonError::into_inner);
         (dice.fate(), dice.faults.delay_ms)
     };
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     match fate {
-        Fate::RateLimited => {
-            return api_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "invalid_request_error",
-                Some("rate_limit"),
-                "Too many requests hit the API too quickly.",
-            );
-        }
+        Fate::RateLimited => return rate_limited("Too many requests hit the API too quickly."),
         Fate::ServerError => {
             return api_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -105,52 +187,14 @@ pub async fn api(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, header
         Fate::Normal | Fate::AnswerLost => {}
     }
     if fake.over_rate(now) {
-        return api_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "invalid_request_error",
-            Some("rate_limit"),
-            "Too many requests hit the API too quickly.",
-        );
+        return rate_limited("Too many requests hit the API too quickly.");
     }
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let fingerprint = {
-        let mut hash = Sha256::new();
-        hash.update(method.as_str());
-        hash.update(uri.path());
-        hash.update(&body);
-        format!("{:x}", hash.finalize())
-    };
-    if method == Method::POST
-        && let Some(key) = &key
-    {
-        let saved = fake.lock().idempotency.get(key).cloned();
-        if let Some(saved) = saved {
-            if saved.fingerprint != fingerprint {
-                return api_error(
-                    StatusCode::BAD_REQUEST,
-                    "idempotency_error",
-                    None,
-                    &format!(
-                        "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}'."
-                    ),
-                );
-            }
-            return (StatusCode::OK, [("idempotent-replayed", "true")], Json(saved.body)).into_response();
-        }
-    }
-    let form: Form =
-        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body).unwrap_or_default().into_iter().collect();
-    let query: Form = serde_urlencoded::from_str::<Vec<(String, String)>>(uri.query().unwrap_or(""))
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let answer = dispatch(&fake, &method, uri.path(), &form, &query, now);
-    match answer {
+    match dispatch(fake, method, uri.path(), &form, &query, now) {
         Ok(value) => {
-            if method == Method::POST {
+            if *method != Method::GET {
                 fake.touched();
                 if let Some(key) = key {
-                    fake.lock().idempotency.insert(key, SavedAnswer { fingerprint, body: value.clone() });
+                    fake.lock().idempotency.insert(key, SavedAnswer { fingerprint: print, body: value.clone() });
                 }
             }
             if fate == Fate::AnswerLost {
@@ -162,144 +206,9 @@ pub async fn api(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, header
     }
 }
 
-fn dispatch(fake: &Fake, method: &Method, path: &str, form: &Form, query: &Form, now: i64) -> Result<Value, Refusal> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method.as_str(), segments.as_slice()) {
-        ("POST", ["v1", "customers"]) => {
-            let mut store = fake.lock();
-            let customer = Customer {
-                id: store.next_id("cus"),
-                created: now,
-                name: form.get("name").cloned(),
-                email: form.get("email").cloned(),
-                metadata: nested(form, "metadata"),
-            };
-            store.customers.insert(customer.id.clone(), customer.clone());
-            Ok(customer.to_json())
-        }
-        ("GET", ["v1", "customers", id]) => fake
-            .lock()
-            .customers
-            .get(*id)
-            .map(Customer::to_json)
-            .ok_or_else(|| missing(format!("No such customer: '{id}'"), Some("id"))),
-        ("POST", ["v1", "billing", "meters"]) => create_meter(fake, form, now),
-        ("GET", ["v1", "billing", "meters"]) => {
-            let meters = fake.lock().meters.values().map(Meter::to_json).collect();
-            Ok(list_json("/v1/billing/meters", meters))
-        }
-        ("GET", ["v1", "billing", "meters", id]) => fake
-            .lock()
-            .meters
-            .get(*id)
-            .map(Meter::to_json)
-            .ok_or_else(|| missing(format!("No such billing meter: '{id}'"), Some("id"))),
-        ("POST", ["v1", "billing", "meter_events"]) => {
-            let event_name = required(form, "event_name")?;
-            let timestamp = form.get("timestamp").map(|t| integer(t, "timestamp")).transpose()?;
-            let identifier = form.get("identifier").filter(|i| !i.is_empty()).cloned();
-            let payload = nested(form, "payload");
-            let event = fake.lock().record_event(event_name, payload, identifier, timestamp, now)?;
-            Ok(event.to_json())
-        }
-        ("GET", ["v1", "billing", "meters", id, "event_summaries"]) => summaries(fake, id, query),
-        _ => Err(Refusal {
-            status: 404,
-            kind: "invalid_request_error",
-            code: None,
-            message: format!("Unrecognized request URL ({method} {path})."),
-            param: None,
-        }),
-    }
-}
-
-fn create_meter(fake: &Fake, form: &Form, now: i64) -> Result<Value, Refusal> {
-    let display_name = required(form, "display_name")?.to_owned();
-    let event_name = required(form, "event_name")?.to_owned();
-    let formula = match required(form, "default_aggregation[formula]")? {
-        "sum" => Formula::Sum,
-        "count" => Formula::Count,
-        "last" => Formula::Last,
-        other => {
-            return Err(invalid(None, format!("Invalid formula: {other}"), Some("default_aggregation[formula]")));
-        }
-    };
-    let mut store = fake.lock();
-    if store.meter_by_event(&event_name).is_some() {
-        return Err(invalid(
-            Some("resource_already_exists"),
-            format!("An active meter with event_name {event_name:?} already exists."),
-            Some("event_name"),
-        ));
-    }
-    let meter = Meter {
-        id: store.next_id("mtr"),
-        created: now,
-        display_name,
-        event_name,
-        formula,
-        customer_payload_key: form
-            .get("customer_mapping[event_payload_key]")
-            .cloned()
-            .unwrap_or_else(|| "stripe_customer_id".to_owned()),
-        value_payload_key: form.get("value_settings[event_payload_key]").cloned().unwrap_or_else(|| "value".to_owned()),
-    };
-    store.meters.insert(meter.id.clone(), meter.clone());
-    Ok(meter.to_json())
-}
-
-fn summaries(fake: &Fake, meter_id: &str, query: &Form) -> Result<Value, Refusal> {
-    let customer = required(query, "customer")?;
-    let start = integer(required(query, "start_time")?, "start_time")?;
-    let end = integer(required(query, "end_time")?, "end_time")?;
-    let step = match query.get("value_grouping_window").map(String::as_str) {
-        None => None,
-        Some("hour") => Some(3_600),
-        Some("day") => Some(86_400),
-        Some(other) => {
-            return Err(invalid(
-                None,
-                format!("Invalid value_grouping_window: {other}"),
-                Some("value_grouping_window"),
-            ));
-        }
-    };
-    let alignment = step.unwrap_or(60);
-    if start % alignment != 0 || end % alignment != 0 || end <= start {
-        return Err(invalid(
-            None,
-            format!("start_time and end_time must be aligned to {alignment} seconds and end_time after start_time."),
-            Some("start_time"),
-        ));
-    }
+/// The customer a meter event is for, by its meter's customer payload key.
+fn meter_customer(fake: &Fake, form: &Form) -> Option<String> {
     let store = fake.lock();
-    let meter = store
-        .meters
-        .get(meter_id)
-        .ok_or_else(|| missing(format!("No such billing meter: '{meter_id}'"), Some("id")))?;
-    let mut windows: HashMap<i64, i64> = HashMap::new();
-    match step {
-        None => {
-            windows.insert(start, end);
-        }
-        Some(step) => {
-            let mut at = start;
-            while at < end {
-                windows.insert(at, (at + step).min(end));
-                at += step;
-            }
-        }
-    }
-    let mut starts: Vec<i64> = windows.keys().copied().collect();
-    starts.sort_unstable();
-    let data = starts
-        .into_iter()
-        .filter_map(|from| {
-            let to = windows[&from];
-            let value = store.aggregate(meter, customer, from, to);
-            let value = if step.is_none() { Some(value.unwrap_or(0.0)) } else { value };
-            value.map(|v| summary_json(&format!("mtrusg_{}_{from}", meter.id), &meter.id, from, to, v))
-        })
-        .collect();
-    Ok(list_json(&format!("/v1/billing/meters/{meter_id}/event_summaries"), data))
+    let meter = store.meter_by_event(form.get("event_name")?)?;
+    form.get(&format!("payload[{}]", meter.customer_payload_key)).cloned()
 }

@@ -1,4 +1,5 @@
-//! SIGKILL the billing-sync process at random moments mid-run: Stripe ends equal to Tally.
+//! SIGKILL the billing-sync process at random moments mid-run: Stripe ends equal to Tally,
+//! fractional amounts included (floor of the running total, the fraction carried).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,7 +17,7 @@ async fn sigkill_mid_sync_at_twenty_moments_leaves_no_window_double_billed_or_mi
         customers.push(world.tenant(&tenant, true).await.unwrap());
         for hours_ago in 1..6 {
             world.usage(&tenant, "api_calls", hours_ago, n + hours_ago).await;
-            world.usage(&tenant, "compute_seconds", hours_ago, 2 * n + 1).await;
+            world.usage_exact(&tenant, "compute_seconds", hours_ago, &format!("{n}.35")).await;
         }
     }
     // 600 meter events at 4 in flight and 15 ms each: a run takes over 2 s, so kills land mid-run.
@@ -69,10 +70,14 @@ async fn sigkill_mid_sync_at_twenty_moments_leaves_no_window_double_billed_or_mi
     for (n, customer) in customers.iter().enumerate() {
         let n = n as i64;
         let calls = (1..6).map(|h| n + h).sum::<i64>() as f64;
-        let compute = (5 * (2 * n + 1)) as f64;
+        // 5 windows of n.35 seconds: Stripe holds floor(5n + 1.75), the 0.75 is carried.
+        let compute = (5 * n + 1) as f64;
         assert_eq!(world.stripe_total(customer, "api_calls").await, calls, "customer {n} api_calls");
         assert_eq!(world.stripe_total(customer, "compute_seconds").await, compute, "customer {n} compute_seconds");
     }
+    let parity = world.sync().parity(1).await.unwrap();
+    assert_eq!(parity.differences, Vec::new());
+    assert!(parity.carried.iter().filter(|c| c.metric == "compute_seconds").all(|c| c.carried == "0.75"));
     let _ = std::fs::remove_file(&config);
     world.drop().await;
 }

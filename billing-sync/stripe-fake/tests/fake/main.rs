@@ -21,6 +21,7 @@ struct Client {
 struct Answer {
     status: StatusCode,
     replayed: bool,
+    request_id: Option<String>,
     body: Value,
 }
 
@@ -36,8 +37,9 @@ impl Client {
         let response = request.bearer_auth("sk_test_tally").send().await.unwrap();
         let status = response.status();
         let replayed = response.headers().get("idempotent-replayed").is_some();
+        let request_id = response.headers().get("request-id").map(|v| v.to_str().unwrap().to_owned());
         let body = response.json().await.unwrap_or(Value::Null);
-        Answer { status, replayed, body }
+        Answer { status, replayed, request_id, body }
     }
 
     async fn post(&self, path: &str, form: &[(&str, &str)], key: Option<&str>) -> Answer {
@@ -51,6 +53,16 @@ impl Client {
     async fn get(&self, path: &str) -> Answer {
         self.send(self.http.get(format!("{}{path}", self.base))).await
     }
+
+    async fn control(&self, path: &str, body: &impl serde::Serialize) {
+        let answer = self.http.post(format!("{}{path}", self.base)).json(body).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+}
+
+/// Stripe's error object of a refused answer, decoded with async-stripe.
+fn refusal(answer: &Answer) -> ApiErrors {
+    decode(&Answer { body: answer.body["error"].clone(), request_id: None, ..*answer })
 }
 
 /// Decodes with Stripe's type, failing the test with the body if it does not fit.
@@ -120,7 +132,7 @@ async fn customers_meters_events_and_summaries_behave_and_decode_as_stripes() {
         )
         .await;
     assert_eq!(again.status, 400);
-    let error: ApiErrors = decode(&Answer { body: again.body["error"].clone(), ..again });
+    let error = refusal(&again);
     assert_eq!(error.code.map(|code| code.as_str().to_owned()).as_deref(), Some("resource_already_exists"));
 
     let path = format!(
@@ -243,3 +255,5 @@ async fn idempotency_keys_replay_and_lost_answers_are_recovered_by_retrying() {
     let limited = client.get("/v1/billing/meters").await;
     assert_eq!((limited.status.as_u16(), limited.body["error"]["code"].as_str()), (429, Some("rate_limit")));
 }
+
+mod rules;
