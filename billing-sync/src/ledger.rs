@@ -285,12 +285,54 @@ pub async fn write(
     Ok(written.is_some())
 }
 
-pub async fn acknowledge(pool: &PgPool, identifier: &str) -> Result<(), sqlx::Error> {
+/// Acknowledgements, written in batches by one task: a row Stripe took is marked acknowledged
+/// within a few milliseconds, in one statement per batch. A crash before the batch is written
+/// leaves the rows pending; the next run sends them again with the same identifiers and Stripe
+/// answers that it holds them, so a late acknowledgement never bills twice.
+#[derive(Debug)]
+pub struct Acks {
+    sender: tokio::sync::mpsc::UnboundedSender<String>,
+    writer: tokio::task::JoinHandle<usize>,
+}
+
+const ACK_BATCH: usize = 500;
+
+impl Acks {
+    pub fn start(pool: PgPool) -> Self {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let writer = tokio::spawn(async move {
+            let mut unwritten = 0;
+            let mut batch = Vec::with_capacity(ACK_BATCH);
+            while receiver.recv_many(&mut batch, ACK_BATCH).await > 0 {
+                if let Err(error) = acknowledge(&pool, &batch).await {
+                    unwritten += batch.len();
+                    tracing::warn!(%error, rows = batch.len(), "acknowledgements not written; the next run resends those rows");
+                }
+                batch.clear();
+            }
+            unwritten
+        });
+        Self { sender, writer }
+    }
+
+    pub fn ack(&self, identifier: &str) {
+        // The writer only stops once every sender is gone, so the send cannot fail.
+        let _ = self.sender.send(identifier.to_owned());
+    }
+
+    /// Waits until every acknowledgement is written; the number that could not be.
+    pub async fn finish(self) -> usize {
+        drop(self.sender);
+        self.writer.await.unwrap_or(usize::MAX)
+    }
+}
+
+async fn acknowledge(pool: &PgPool, identifiers: &[String]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE tally.billing_ledger SET state = 'acknowledged', acknowledged_at = now() \
-         WHERE identifier = $1 AND state = 'pending'",
+         WHERE identifier = ANY($1) AND state = 'pending'",
     )
-    .bind(identifier)
+    .bind(identifiers)
     .execute(pool)
     .await?;
     Ok(())

@@ -107,8 +107,10 @@ impl BillingSync {
             .context("loading the run (PostgreSQL ledger and customers, ClickHouse totals)")?;
         report.tenants_without_customer = without_customer;
         self.check_meters().await?;
+        let acks = ledger::Acks::start(self.pool.clone());
         let run = sync::Run {
             pool: &self.pool,
+            acks: &acks,
             stripe: &self.stripe,
             policy: Policy {
                 now,
@@ -119,6 +121,12 @@ impl BillingSync {
             window_seconds: settings.window.seconds(),
         };
         let planned = run.all(streams, settings.concurrency, &mut report).await;
+        let unwritten = acks.finish().await;
+        if unwritten > 0 {
+            report.failures.entry("(ledger)".to_owned()).or_default().push(format!(
+                "{unwritten} acknowledgements not written to PostgreSQL; the next run resends those rows"
+            ));
+        }
         Ok((report, planned))
     }
 

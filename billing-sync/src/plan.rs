@@ -174,3 +174,150 @@ pub fn windows(
     }
     by_window.into_values().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const HOUR: i64 = 3_600;
+
+    fn q(text: &str) -> Quantity {
+        text.parse().unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            now: DateTime::from_timestamp(100 * HOUR, 0).unwrap(),
+            cancel_within: TimeDelta::hours(23),
+            refusal_retry: TimeDelta::hours(1),
+        }
+    }
+
+    fn stream(unit: &str) -> Stream {
+        Stream {
+            key: ("acme".to_owned(), "compute_seconds".to_owned()),
+            customer: "cus_1".to_owned(),
+            event_name: "compute_seconds".to_owned(),
+            head: Head::new(q(unit)),
+            windows: Vec::new(),
+        }
+    }
+
+    fn window(start: i64, tally: &str, rows: Vec<Row>) -> WindowState {
+        WindowState { granularity: Window::Hour, start, tally: q(tally), rows }
+    }
+
+    fn rows(decision: Decision) -> Vec<Row> {
+        match decision {
+            Decision::Rows(rows) => rows,
+            other => panic!("expected rows, got {other:?}"),
+        }
+    }
+
+    /// Decides every window in turn as a run does, every row taken.
+    fn run(stream: &Stream, windows: &[WindowState]) -> (Vec<(Kind, i64)>, Head) {
+        let mut head = stream.head.clone();
+        let mut sent = Vec::new();
+        for window in windows {
+            if let Decision::Rows(rows) = decide(stream, &head, window, &policy()) {
+                for row in rows {
+                    head = head.with(&row);
+                    sent.push((row.kind, row.value));
+                }
+            }
+        }
+        (sent, head)
+    }
+
+    #[test]
+    fn whole_units_follow_the_floor_of_the_running_total() {
+        let stream = stream("1");
+        let windows: Vec<WindowState> = ["0.4", "0.4", "0.4", "2.9"]
+            .iter()
+            .enumerate()
+            .map(|(n, t)| window(n as i64 * HOUR, t, Vec::new()))
+            .collect();
+        let (sent, head) = run(&stream, &windows);
+        assert_eq!(sent, vec![(Kind::Carry, 0), (Kind::Carry, 0), (Kind::Event, 1), (Kind::Event, 3)]);
+        assert_eq!((head.value_total, head.carried()), (4, q("0.1")));
+    }
+
+    #[test]
+    fn a_unit_bundles_amounts_and_never_rounds_up() {
+        let stream = stream("1000");
+        let windows: Vec<WindowState> = ["999", "1", "1999.999999999"]
+            .iter()
+            .enumerate()
+            .map(|(n, t)| window(n as i64 * HOUR, t, Vec::new()))
+            .collect();
+        let (sent, head) = run(&stream, &windows);
+        assert_eq!(sent, vec![(Kind::Carry, 0), (Kind::Event, 1), (Kind::Event, 1)]);
+        assert_eq!(head.carried(), q("999.999999999"));
+    }
+
+    fn sent(stream: &Stream, start: i64, value: i64, created_hours_ago: i64) -> Row {
+        let mut row =
+            rows(decide(stream, &stream.head, &window(start, &value.to_string(), Vec::new()), &policy())).remove(0);
+        row.state = State::Acknowledged;
+        row.created_at = policy().now - TimeDelta::hours(created_hours_ago);
+        row
+    }
+
+    #[test]
+    fn over_billing_cancels_recent_events_and_resends_the_window() {
+        let mut stream = stream("1");
+        let event = sent(&stream, 0, 100, 2);
+        stream.head = stream.head.with(&event);
+        let corrected = rows(decide(&stream, &stream.head, &window(0, "70", vec![event.clone()]), &policy()));
+        let shape: Vec<(Kind, i64, Option<&str>)> =
+            corrected.iter().map(|r| (r.kind, r.value, r.cancels.as_deref())).collect();
+        assert_eq!(shape, vec![(Kind::Cancel, -100, Some(event.identifier.as_str())), (Kind::Event, 70, None)]);
+        let head = corrected.iter().fold(stream.head.clone(), |head, row| head.with(row));
+        assert_eq!((head.value_total, head.exact_total), (70, q("70")));
+    }
+
+    #[test]
+    fn over_billing_past_the_cancellation_window_sends_a_negative_event() {
+        let mut stream = stream("1");
+        let event = sent(&stream, 0, 100, 30);
+        stream.head = stream.head.with(&event);
+        let corrected = rows(decide(&stream, &stream.head, &window(0, "70", vec![event]), &policy()));
+        let shape: Vec<(Kind, i64)> = corrected.iter().map(|r| (r.kind, r.value)).collect();
+        assert_eq!(shape, vec![(Kind::Event, -30)]);
+    }
+
+    #[test]
+    fn a_recent_refusal_waits_unless_the_customer_changed() {
+        let mut stream = stream("1");
+        let mut refused = rows(decide(&stream, &stream.head, &window(0, "5", Vec::new()), &policy())).remove(0);
+        refused.state = State::Refused;
+        refused.refused_at = Some(policy().now - TimeDelta::minutes(5));
+        refused.refusal_code = Some("resource_missing".to_owned());
+        let waiting = window(0, "5", vec![refused]);
+        assert_eq!(
+            decide(&stream, &stream.head, &waiting, &policy()),
+            Decision::Blocked { code: "resource_missing".to_owned() }
+        );
+        stream.customer = "cus_2".to_owned();
+        let retried = rows(decide(&stream, &stream.head, &waiting, &policy()));
+        assert_eq!((retried[0].seq, retried[0].value, retried[0].stripe_customer_id.as_str()), (1, 5, "cus_2"));
+    }
+
+    #[test]
+    fn a_day_keeps_the_granularity_of_its_first_row() {
+        let stream = stream("1");
+        let mut day_row = rows(decide(&stream, &stream.head, &window(0, "5", Vec::new()), &policy())).remove(0);
+        day_row.granularity = Window::Day;
+        let totals = HashMap::from([
+            ((Window::Hour, 2 * HOUR), q("1")),
+            ((Window::Day, 0), q("6")),
+            ((Window::Hour, 24 * HOUR + HOUR), q("2")),
+            ((Window::Day, 24 * HOUR), q("2")),
+        ]);
+        let arranged = windows(Window::Hour, &totals, vec![day_row], (0, 100 * HOUR));
+        let shape: Vec<(Window, i64)> = arranged.iter().map(|w| (w.granularity, w.start)).collect();
+        assert_eq!(shape, vec![(Window::Day, 0), (Window::Hour, 25 * HOUR)]);
+    }
+}

@@ -53,7 +53,10 @@ pub async fn load(
             .into_iter()
             .collect();
     let heads = ledger::load_heads(pool).await?;
-    let mut rows = ledger::load_rows(pool, DateTime::from_timestamp(start, 0).unwrap_or_default()).await?;
+    // From the start of the first day: a day's granularity is set by its first row, which may
+    // lie before `start` (a day billed whole, seen from an hourly lookback edge).
+    let since = DateTime::from_timestamp(start.div_euclid(86_400) * 86_400, 0).unwrap_or_default();
+    let mut rows = ledger::load_rows(pool, since).await?;
     let mut granularities: HashSet<&'static str> = HashSet::from([settings.window.granularity()]);
     granularities.extend(rows.values().flatten().map(|r| r.granularity.granularity()));
     let metrics: Vec<&str> = settings.meters.keys().map(String::as_str).collect();
@@ -229,6 +232,7 @@ struct StreamRun {
 #[derive(Debug, Clone, Copy)]
 pub struct Run<'a> {
     pub pool: &'a PgPool,
+    pub acks: &'a ledger::Acks,
     pub stripe: &'a StripeClient,
     pub policy: Policy,
     pub dry_run: bool,
@@ -278,10 +282,10 @@ impl Run<'_> {
     async fn stream(self, stream: Stream) -> StreamRun {
         let mut run = StreamRun::default();
         let mut head = stream.head.clone();
-        let pending: Option<Row> =
-            stream.windows.iter().flat_map(|w| &w.rows).find(|r| r.state == State::Pending).cloned();
-        if let Some(row) = pending {
-            run.oldest_window_end = Some(row.window_start + self.window_seconds);
+        let pending: Vec<Row> =
+            stream.windows.iter().flat_map(|w| &w.rows).filter(|r| r.state == State::Pending).cloned().collect();
+        for row in pending {
+            run.oldest_window_end.get_or_insert(row.window_start + self.window_seconds);
             run.planned.push(Planned::of(&stream.key, &row, true));
             if !self.dry_run && self.deliver(&stream, &mut head, &row, true, &mut run).await == Next::Stop {
                 run.head = Some(head);
@@ -367,10 +371,7 @@ impl Run<'_> {
         };
         match outcome {
             Outcome::Taken => {
-                if let Err(error) = ledger::acknowledge(self.pool, &row.identifier).await {
-                    fail(run, stream, row, &error.to_string());
-                    return Next::Stop;
-                }
+                self.acks.ack(&row.identifier);
                 match (row.kind, resend, row.value < 0) {
                     (_, true, _) => run.report.resent += 1,
                     (Kind::Cancel, false, _) => run.report.cancelled += 1,

@@ -96,6 +96,7 @@ pub struct MeterEvent {
     pub event_name: String,
     pub customer: String,
     /// Whole number (Stripe takes no fractions).
+    #[serde(deserialize_with = "whole_value")]
     pub value: i64,
     /// The payload as sent (string values), returned as it came.
     pub payload: BTreeMap<String, String>,
@@ -117,6 +118,25 @@ impl MeterEvent {
             "payload": self.payload,
             "timestamp": self.timestamp
         })
+    }
+}
+
+/// A stored value: a whole number, or the decimal text of state files from before the fake
+/// enforced whole numbers (read as its whole part).
+fn whole_value<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Whole(i64),
+        Text(String),
+    }
+    match Stored::deserialize(deserializer)? {
+        Stored::Whole(value) => Ok(value),
+        Stored::Text(text) => {
+            let quantity: tally_schemas::Quantity = text.parse().map_err(serde::de::Error::custom)?;
+            i64::try_from(quantity.units() / tally_schemas::Quantity::from_int(1).units())
+                .map_err(serde::de::Error::custom)
+        }
     }
 }
 

@@ -8,6 +8,12 @@ use tally_stripe_fake::Faults;
 
 use crate::World;
 
+/// What customer `n` owes in whole units: api_calls n+1 … n+5, and 5 windows of n.35 seconds,
+/// of which Stripe holds floor(5n + 1.75) with 0.75 carried.
+fn due(n: i64) -> (f64, f64) {
+    ((1..6).map(|h| n + h).sum::<i64>() as f64, (5 * n + 1) as f64)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_sync_at_twenty_moments_leaves_no_window_double_billed_or_missed() {
     let world = World::new().await;
@@ -21,7 +27,8 @@ async fn sigkill_mid_sync_at_twenty_moments_leaves_no_window_double_billed_or_mi
         }
     }
     // 600 meter events at 4 in flight and 15 ms each: a run takes over 2 s, so kills land mid-run.
-    world.faults(Faults { delay_ms: 15, drop_percent: 5, seed: 9, ..Faults::default() }).await;
+    let chaos = Faults { delay_ms: 15, drop_percent: 5, seed: 9, ..Faults::default() };
+    world.faults(chaos).await;
     let config = std::env::temp_dir().join(format!("{}-billing.toml", world.pg.database));
     std::fs::write(
         &config,
@@ -51,6 +58,14 @@ async fn sigkill_mid_sync_at_twenty_moments_leaves_no_window_double_billed_or_mi
         tokio::time::sleep(Duration::from_millis(150 + x % 1_200)).await;
         child.kill().unwrap();
         child.wait().unwrap();
+        // Whatever instant the kill hit, Stripe never holds more than is due.
+        world.faults(Faults::default()).await;
+        for (n, customer) in customers.iter().enumerate() {
+            let (calls, compute) = due(n as i64);
+            assert!(world.stripe_total(customer, "api_calls").await <= calls, "customer {n} over-billed");
+            assert!(world.stripe_total(customer, "compute_seconds").await <= compute, "customer {n} over-billed");
+        }
+        world.faults(chaos).await;
     }
     let acknowledged: i64 =
         sqlx::query_scalar("SELECT count(*) FROM tally.billing_ledger WHERE state = 'acknowledged'")
@@ -68,10 +83,7 @@ async fn sigkill_mid_sync_at_twenty_moments_leaves_no_window_double_billed_or_mi
     }
     assert!(finished, "a clean run finishes with exit code 0");
     for (n, customer) in customers.iter().enumerate() {
-        let n = n as i64;
-        let calls = (1..6).map(|h| n + h).sum::<i64>() as f64;
-        // 5 windows of n.35 seconds: Stripe holds floor(5n + 1.75), the 0.75 is carried.
-        let compute = (5 * n + 1) as f64;
+        let (calls, compute) = due(n as i64);
         assert_eq!(world.stripe_total(customer, "api_calls").await, calls, "customer {n} api_calls");
         assert_eq!(world.stripe_total(customer, "compute_seconds").await, compute, "customer {n} compute_seconds");
     }
