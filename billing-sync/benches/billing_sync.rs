@@ -113,7 +113,7 @@ fn main() {
         let rerun_wall = started.elapsed();
         println!("{tenants} tenants x 3 metrics, concurrency {concurrency}, against the Stripe fake in this process:");
         println!(
-            "  first run: {} meter events in {:.2} s = {:.0} requests/s (ledger write + POST + acknowledge each)",
+            "  first run: {} meter events in {:.2} s = {:.0} requests/s (ledger write + POST each, acknowledgements batched)",
             report.sent,
             wall.as_secs_f64(),
             report.sent as f64 / wall.as_secs_f64()
