@@ -57,7 +57,7 @@ async fn fill(kafka: &KafkaConfig, topics: &Topics, events: &[UsageEvent]) {
     let publisher = Publisher::new(kafka, &ProducerConfig::default()).unwrap();
     let acks = publisher.acks();
     for event in events {
-        while publisher.enqueue_usage(&acks, &topics.usage_events, event).is_err() {
+        while publisher.enqueue_usage(&acks, &topics.usage_events, event, chrono::Utc::now()).is_err() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -76,11 +76,7 @@ async fn bare_consume(kafka: &KafkaConfig, topic: &str, expected: usize) -> f64 
     let mut copied: Vec<Message> = Vec::with_capacity(expected);
     while copied.len() < expected {
         let message = consumer.recv().await.unwrap();
-        copied.push(Message {
-            offset: message.offset() as u64,
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-        });
+        copied.push(Message::of(&message, message.offset() as u64));
     }
     let rate = expected as f64 / started.elapsed().as_secs_f64();
     // Closing a group consumer blocks against the local broker (see testkit's engine tests).
@@ -139,11 +135,7 @@ async fn naive_pipeline(
     let (mut buffered, mut received): (Vec<Message>, usize) = (Vec::with_capacity(batch_size), 0);
     while received < expected {
         let message = consumer.recv().await.unwrap();
-        buffered.push(Message {
-            offset: received as u64,
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-        });
+        buffered.push(Message::of(&message, received as u64));
         received += 1;
         if buffered.len() == batch_size || received == expected {
             let (messages, client, catalogue) = (std::mem::take(&mut buffered), ch.client.clone(), catalogue.clone());

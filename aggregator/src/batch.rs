@@ -15,12 +15,50 @@ use crate::rollup::{RollupRow, rollup};
 /// An event older than this, relative to its batch's decision time, counts as late in metrics.
 pub const LATE_AFTER: TimeDelta = TimeDelta::minutes(5);
 
+/// How far before its batch's decision time an ingest acceptance is still believed: an event
+/// that waited longer in Kafka (or whose header was written by another producer) is judged at
+/// the decision time, as events from other producers always are.
+pub const ACCEPTANCE_HORIZON: TimeDelta = TimeDelta::days(7);
+/// How far after the decision time an acceptance may lie (clocks a few minutes apart).
+pub const ACCEPTANCE_SKEW: TimeDelta = TimeDelta::minutes(5);
+
 /// A message as consumed, owned.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub offset: u64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+    /// [`tally_schemas::topics::HEADER_ACCEPTED_AT`], when ingest set it (Unix milliseconds).
+    pub accepted_at: Option<i64>,
+}
+
+impl Message {
+    /// Owns a consumed Kafka message.
+    pub fn of(message: &impl rdkafka::message::Message, offset: u64) -> Self {
+        use rdkafka::message::Headers as _;
+        let accepted_at = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == tally_schemas::topics::HEADER_ACCEPTED_AT)
+                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+        });
+        Self {
+            offset,
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            accepted_at,
+        }
+    }
+
+    /// The instant the event's age is judged at: when ingest accepted it, if that lies within
+    /// the horizon of the decision time, else the decision time. A pure function of the message
+    /// and the plan, so a replay judges the same.
+    pub fn judged_at(&self, decided_at: DateTime<Utc>) -> DateTime<Utc> {
+        self.accepted_at
+            .and_then(DateTime::from_timestamp_millis)
+            .filter(|at| *at >= decided_at - ACCEPTANCE_HORIZON && *at <= decided_at + ACCEPTANCE_SKEW)
+            .unwrap_or(decided_at)
+    }
 }
 
 /// Which offsets of which partition a batch covers, and the instant its events were judged at.
@@ -83,7 +121,7 @@ pub struct Decoded {
 
 /// Reads and checks the plan's messages (those outside its range are ignored).
 pub fn decode(plan: &Plan, messages: &[Message], catalogue: &MetricCatalogue) -> Decoded {
-    let ctx = ValidationContext::new(catalogue, plan.decided_at());
+    let decided_at = plan.decided_at();
     let mut decoded = Decoded::default();
     let mut valid: Vec<(u64, UsageEvent)> = Vec::with_capacity(messages.len());
     for message in messages.iter().filter(|m| plan.covers(m.offset)) {
@@ -99,6 +137,8 @@ pub fn decode(plan: &Plan, messages: &[Message], catalogue: &MetricCatalogue) ->
         let event = match std::str::from_utf8(payload) {
             Err(error) => Err(refuse("malformed", format!("payload is not UTF-8 JSON: {error}"))),
             Ok(text) => {
+                // Lateness is judged once: against the time ingest accepted the event.
+                let ctx = ValidationContext::new(catalogue, message.judged_at(decided_at));
                 UsageEvent::from_json_str(text, &ctx).map_err(|error| refuse(error.reason_code(), error.to_string()))
             }
         };

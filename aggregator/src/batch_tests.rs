@@ -28,7 +28,7 @@ fn event(id: &str, tenant: &str, at: DateTime<Utc>) -> UsageEvent {
 }
 
 fn message(offset: u64, key: &str, payload: Vec<u8>) -> Message {
-    Message { offset, key: Some(key.as_bytes().to_vec()), payload: Some(payload) }
+    Message { offset, key: Some(key.as_bytes().to_vec()), payload: Some(payload), accepted_at: None }
 }
 
 #[test]

@@ -43,6 +43,9 @@ pub struct AggregatorSection {
     pub retry_max_ms: u64,
     /// How often consumer lag per partition is measured for `/metrics`.
     pub lag_interval_ms: u64,
+    /// Startup refuses a table with a smaller `non_replicated_deduplication_window` (blocks): a
+    /// replayed batch must still find the blocks it stored before.
+    pub min_dedup_window: u64,
 }
 
 impl Default for AggregatorSection {
@@ -58,6 +61,7 @@ impl Default for AggregatorSection {
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
             lag_interval_ms: 5_000,
+            min_dedup_window: 1_000,
         }
     }
 }

@@ -143,11 +143,7 @@ impl ConsumerLoop {
     fn offer(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
         let Ok(partition) = u32::try_from(message.partition()) else { return };
         let Some(state) = self.partitions.get_mut(&partition) else { return };
-        let owned = Message {
-            offset: u64::try_from(message.offset()).unwrap_or(0),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-        };
+        let owned = Message::of(message, u64::try_from(message.offset()).unwrap_or(0));
         state.offer(owned, Instant::now());
         if !state.paused && state.buffered() >= self.settings.max_buffered_events {
             state.paused = true;

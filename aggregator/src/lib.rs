@@ -58,6 +58,7 @@ impl Aggregator {
         let metrics = AggregatorMetrics::register(ops.registry()).context("registering metrics")?;
         let publisher = Publisher::new(&config.kafka, &config.producer).context("creating the dead-letter producer")?;
         let store = Store::new(tally_kit::clickhouse::client(&config.clickhouse));
+        store.verify_dedup_windows(config.aggregator.min_dedup_window).await?;
         let section = config.aggregator.clone();
         let writer = Arc::new(BatchWriter {
             store: store.clone(),

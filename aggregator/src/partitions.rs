@@ -117,7 +117,7 @@ mod tests {
     use super::*;
 
     fn message(offset: u64) -> Message {
-        Message { offset, key: None, payload: None }
+        Message { offset, key: None, payload: None, accepted_at: None }
     }
 
     fn plan(first: u64, last: u64) -> Plan {

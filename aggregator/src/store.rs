@@ -46,6 +46,41 @@ pub struct Store {
     client: Client,
 }
 
+/// The tables a batch writes with a token, and so need a deduplication window.
+pub const DEDUPLICATED_TABLES: [&str; 5] =
+    ["usage_events", "usage_event_ids", "usage_rollups", "aggregator_checkpoints", "aggregator_batches"];
+
+/// A table whose settings break the exactly-once protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum DedupWindowError {
+    #[error(
+        "ClickHouse table {table} has non_replicated_deduplication_window = {found}, below the {needed} the \
+         exactly-once protocol needs (a replayed batch must find its blocks): \
+         ALTER TABLE {table} MODIFY SETTING non_replicated_deduplication_window = {needed}"
+    )]
+    TooSmall { table: String, found: u64, needed: u64 },
+    #[error("ClickHouse table {0} is missing: apply the DDL in schemas/clickhouse")]
+    Missing(String),
+    #[error("reading the tables' settings: {0}")]
+    Query(#[from] clickhouse::error::Error),
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct TableSettings {
+    name: String,
+    engine_full: String,
+}
+
+/// An insert with everything exactly-once rests on pinned on the query itself, whatever the
+/// user's profile says: deduplication on, synchronous (an async insert's blocks are formed
+/// server-side, so the token would not name this block), and the token.
+fn pinned<T: Row>(insert: clickhouse::insert::Insert<T>, token: &str) -> clickhouse::insert::Insert<T> {
+    insert
+        .with_setting("insert_deduplicate", "1")
+        .with_setting("async_insert", "0")
+        .with_setting("insert_deduplication_token", token)
+}
+
 impl Store {
     pub fn new(client: Client) -> Self {
         Self { client }
@@ -53,6 +88,32 @@ impl Store {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Refuses tables whose deduplication window is below `needed` blocks (or missing).
+    pub async fn verify_dedup_windows(&self, needed: u64) -> Result<(), DedupWindowError> {
+        let tables: Vec<TableSettings> = self
+            .client
+            .query("SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() AND name IN ?")
+            .bind(DEDUPLICATED_TABLES)
+            .fetch_all()
+            .await?;
+        for table in DEDUPLICATED_TABLES {
+            let Some(settings) = tables.iter().find(|t| t.name == table) else {
+                return Err(DedupWindowError::Missing(table.to_owned()));
+            };
+            let found = settings
+                .engine_full
+                .split("non_replicated_deduplication_window = ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|digits| digits.parse().ok())
+                .unwrap_or(0);
+            if found < needed {
+                return Err(DedupWindowError::TooSmall { table: table.to_owned(), found, needed });
+            }
+        }
+        Ok(())
     }
 
     /// The stored position of a partition and the plan waiting there.
@@ -83,11 +144,7 @@ impl Store {
 
     /// Stores `proposal` unless a plan for its first offset exists; returns the plan in force.
     pub async fn settle_plan(&self, proposal: &Plan) -> clickhouse::error::Result<Plan> {
-        let mut insert = self
-            .client
-            .insert::<Plan>("aggregator_batches")
-            .await?
-            .with_setting("insert_deduplication_token", proposal.plan_token());
+        let mut insert = pinned(self.client.insert::<Plan>("aggregator_batches").await?, &proposal.plan_token());
         insert.write(proposal).await?;
         insert.end().await?;
         let settled = self.plan_at(&proposal.topic, proposal.kafka_partition, proposal.first_offset).await?;
@@ -115,7 +172,8 @@ impl Store {
         }
         let token = plan.token();
         let created_at = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-        let mut insert = self.client.insert::<LookupRow<'_>>("aggregator_lookups").await?;
+        let mut insert =
+            self.client.insert::<LookupRow<'_>>("aggregator_lookups").await?.with_setting("async_insert", "0");
         for (tenant_id, event_id) in pairs {
             insert.write(&LookupRow { token: &token, tenant_id, event_id, created_at }).await?;
         }
@@ -155,11 +213,8 @@ impl Store {
             first_offset: plan.first_offset,
             stored_at: chrono::Utc::now().timestamp_millis(),
         };
-        let mut insert = self
-            .client
-            .insert::<CheckpointRow<'_>>("aggregator_checkpoints")
-            .await?
-            .with_setting("insert_deduplication_token", plan.token());
+        let mut insert =
+            pinned(self.client.insert::<CheckpointRow<'_>>("aggregator_checkpoints").await?, &plan.token());
         insert.write(&row).await?;
         insert.end().await
     }
@@ -171,7 +226,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut insert = self.client.insert::<T>(table).await?.with_setting("insert_deduplication_token", token);
+        let mut insert = pinned(self.client.insert::<T>(table).await?, token);
         for row in rows {
             insert.write(row).await?;
         }

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tally_kit::producer::{PublishError, Publisher, Record};
@@ -58,15 +58,20 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     }
     let header_str = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
     let principal = state.keys.authenticate(header_str(header::AUTHORIZATION)).await?;
-    let format = Format::from_content_type(header_str(header::CONTENT_TYPE))?;
+    let binary_mode = crate::binary_mode::is_binary(headers);
+    let format =
+        if binary_mode { Format::CloudEvent } else { Format::from_content_type(header_str(header::CONTENT_TYPE))? };
     let max = state.http.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, max)
+    let mut bytes = axum::body::to_bytes(body, max)
         .await
         .map_err(|_| ApiError::TooLarge(format!("the body is larger than {max} bytes: split the batch")))?;
+    if binary_mode {
+        bytes = crate::binary_mode::to_structured(headers, &bytes)?.into();
+    }
     let ctx = ValidationContext::new(&state.catalogue, Utc::now());
     let mut items = intake::read(&bytes, format, state.http.max_batch_events, &principal, &ctx)?;
     check_tenants(state, &principal, &mut items).await?;
-    publish(state, items).await
+    publish(state, items, ctx.now).await
 }
 
 /// Refuses events of tenants that are unknown or not active. A tenant key whose own tenant is
@@ -81,9 +86,15 @@ async fn check_tenants(state: &AppState, principal: &Principal, items: &mut [Ite
         match state.tenants.lookup(own.as_str()).await.map_err(unavailable)? {
             Some(record) if record.is_active() => return Ok(()),
             Some(record) => {
-                return Err(ApiError::Forbidden(format!("tenant {own:?} is {}: it may not send usage", record.status)));
+                return Err(ApiError::Forbidden(format!(
+                    "tenant \"{}\" is {}: it may not send usage",
+                    own.as_str(),
+                    record.status
+                )));
             }
-            None => return Err(ApiError::Forbidden(format!("tenant {own:?} is not in the tenant registry"))),
+            None => {
+                return Err(ApiError::Forbidden(format!("tenant \"{}\" is not in the tenant registry", own.as_str())));
+            }
         }
     }
     // One registry answer per distinct tenant of the request; one map lookup per event.
@@ -169,7 +180,8 @@ fn reason(error: &EventError) -> &'static str {
     }
 }
 
-async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, ApiError> {
+/// `accepted_at`: the instant the events were validated at, carried to the aggregator.
+async fn publish(state: &AppState, items: Vec<Item<'_>>, accepted_at: DateTime<Utc>) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (accepted, dead_letters) = (state.publisher.acks(), state.publisher.acks());
     let mut published = vec![false; items.len()];
@@ -177,7 +189,8 @@ async fn publish(state: &AppState, items: Vec<Item<'_>>) -> Result<Response, Api
     let mut refused = None;
     for (index, item) in items.iter().enumerate() {
         match &item.outcome {
-            Ok(event) => match state.publisher.enqueue_usage(&accepted, &state.topics.usage_events, event) {
+            Ok(event) => match state.publisher.enqueue_usage(&accepted, &state.topics.usage_events, event, accepted_at)
+            {
                 Ok(()) => published[index] = true,
                 Err(PublishError::QueueFull) => {
                     overloaded = true;

@@ -14,7 +14,7 @@ pub enum ApiError {
     #[error("{0}")]
     Forbidden(String),
     #[error(
-        "unsupported content type {0:?}: send application/json, application/cloudevents+json or application/cloudevents-batch+json"
+        "unsupported content type {0:?}: send application/json, application/cloudevents+json, application/cloudevents-batch+json, or one CloudEvent in binary mode (ce-* headers)"
     )]
     UnsupportedMediaType(String),
     #[error("{0}")]

@@ -133,8 +133,9 @@ pub fn read<'a>(
             && claimed != own.as_str()
         {
             return Err(ApiError::Forbidden(format!(
-                "event {index} is for tenant {claimed:?} but the API key belongs to tenant {own:?}: \
-                 a tenant key writes only its own tenant's events; nothing was accepted"
+                "event {index} is for tenant {claimed:?} but the API key belongs to tenant \"{}\": \
+                 a tenant key writes only its own tenant's events; nothing was accepted",
+                own.as_str()
             )));
         }
         items.push(item);

@@ -7,6 +7,7 @@
 //! `/livez`, `/readyz`, `/metrics` and `/openapi.yaml`.
 
 pub mod api;
+mod binary_mode;
 pub mod config;
 pub mod error;
 pub mod intake;

@@ -9,7 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
-use tally_schemas::topics::{self, HEADER_EVENT_ID, UsageMessage};
+use tally_schemas::topics::{self, HEADER_ACCEPTED_AT, HEADER_EVENT_ID, UsageMessage};
 
 use crate::acks::{Acks, DeliveryReports};
 use crate::config::{KafkaConfig, ProducerConfig};
@@ -141,10 +141,19 @@ impl Publisher {
     }
 
     /// Puts a usage event on `topic` in its wire form as part of `acks`: JSON payload (see
-    /// [`tally_schemas::topics::SCHEMA_VERSION`]), tenant id as key, event id in a header.
-    pub fn enqueue_usage(&self, acks: &Acks, topic: &str, event: &impl UsageMessage) -> Result<(), PublishError> {
+    /// [`tally_schemas::topics::SCHEMA_VERSION`]), tenant id as key, event id and the instant
+    /// it was validated at (`accepted_at`, see [`HEADER_ACCEPTED_AT`]) in headers.
+    pub fn enqueue_usage(
+        &self,
+        acks: &Acks,
+        topic: &str,
+        event: &impl UsageMessage,
+        accepted_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), PublishError> {
         let payload = event.payload();
-        let headers: [(&str, &[u8]); 1] = [(HEADER_EVENT_ID, event.event_id().as_bytes())];
+        let accepted_at = accepted_at.timestamp_millis().to_string();
+        let headers: [(&str, &[u8]); 2] =
+            [(HEADER_EVENT_ID, event.event_id().as_bytes()), (HEADER_ACCEPTED_AT, accepted_at.as_bytes())];
         let record = Record { topic, key: topics::message_key(event.tenant()), payload: &payload, headers: &headers };
         self.enqueue(acks, record)
     }

@@ -7,6 +7,10 @@ use crate::event::UsageEvent;
 
 /// Header carrying the event id, so consumers can dedup without parsing the payload.
 pub const HEADER_EVENT_ID: &str = "tally-event-id";
+/// Header set by ingest: when Tally accepted the event (Unix milliseconds, decimal). The
+/// aggregator judges the event's age against it, so an event ingest answered 202 for is never
+/// refused later for waiting in Kafka, nor for a clock a few minutes off between hosts.
+pub const HEADER_ACCEPTED_AT: &str = "tally-accepted-at";
 /// Header on a dead-lettered message: the machine-readable reason (`unknown_metric`, …).
 pub const HEADER_DLQ_REASON: &str = "tally-dlq-reason";
 /// Header on a dead-lettered message: the human-readable detail.

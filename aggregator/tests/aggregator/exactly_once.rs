@@ -64,6 +64,7 @@ async fn a_half_written_batch_is_replayed_exactly() {
             offset: offset as u64,
             key: m.key.map(String::into_bytes),
             payload: Some(m.payload),
+            accepted_at: None,
         })
         .collect();
     let store = Store::new(harness.ch.client.clone());

@@ -235,7 +235,7 @@ pub async fn send_all(publisher: &Publisher, topic: &str, sends: &[Send]) {
             let pending = match send {
                 Send::Event(event) => {
                     let acks = publisher.acks();
-                    publisher.enqueue_usage(&acks, topic, event).map(|()| acks)
+                    publisher.enqueue_usage(&acks, topic, event, chrono::Utc::now()).map(|()| acks)
                 }
                 Send::Invalid(key, payload) => {
                     let acks = publisher.acks();

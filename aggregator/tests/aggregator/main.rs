@@ -6,3 +6,4 @@ mod chaos;
 mod exactly_once;
 mod helpers;
 mod oracle;
+mod settings;

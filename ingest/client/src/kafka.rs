@@ -28,8 +28,10 @@ impl KafkaTransport {
     pub(crate) async fn send(&self, batch: &[Queued]) -> Attempt {
         let acks = self.publisher.acks();
         let mut refused: Option<PublishError> = None;
+        // The aggregator judges each event's age against the time it reached the topic.
+        let produced_at = chrono::Utc::now();
         for queued in batch {
-            if let Err(error) = self.publisher.enqueue_usage(&acks, &self.topic, &queued.event) {
+            if let Err(error) = self.publisher.enqueue_usage(&acks, &self.topic, &queued.event, produced_at) {
                 refused = Some(error);
                 break;
             }

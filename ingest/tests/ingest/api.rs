@@ -75,7 +75,9 @@ async fn a_foreign_tenant_key_is_refused_and_publishes_nothing() {
     let batch = json!([event("a-1", "acme"), event("g-1", "globex")]);
     let answer = app.post_json(&app.acme_key, &batch).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
-    assert!(answer.body["error"]["message"].as_str().unwrap().contains("globex"));
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(r#"tenant "globex""#) && message.contains(r#"tenant "acme""#), "{message}");
+    assert!(!message.contains("TenantId"), "the tenant is named plainly: {message}");
     let mut invalid_foreign = event("g-2", "globex");
     invalid_foreign["metric"] = json!("nope");
     let answer = app.post_json(&app.acme_key, &json!([invalid_foreign])).await;
@@ -118,7 +120,8 @@ async fn suspended_and_unknown_tenants_are_refused() {
     .token;
     let answer = app.post_json(&frozen, &event("f-1", "frozen")).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
-    assert!(answer.body["error"]["message"].as_str().unwrap().contains("suspended"));
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(r#"tenant "frozen" is suspended"#), "{message}");
 
     let answer = app
         .post_json(&app.admin_key, &json!([event("f-2", "frozen"), event("n-1", "nobody"), event("a-1", "acme")]))
@@ -181,6 +184,41 @@ async fn cloudevents_structured_and_batch_are_accepted() {
     let events: Vec<UsageEvent> = app.usage(3).await.iter().map(|m| parse(&m.payload)).collect();
     assert_eq!(events.len(), 3);
     assert!(events.iter().all(|e| e.value.to_string() == "1.25" && e.attributes["region"] == "eu"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cloudevent_in_binary_content_mode_round_trips() {
+    let app = TestApp::spawn().await;
+    let time = chrono::Utc::now().to_rfc3339();
+    let headers = |id: &'static str| {
+        vec![
+            ("ce-specversion", "1.0"),
+            ("ce-id", id),
+            ("ce-source", "billing-api"),
+            ("ce-type", "compute_seconds"),
+            ("ce-subject", "acme"),
+            ("content-type", "application/json"),
+        ]
+    };
+    let mut first = headers("bin-1");
+    first.push(("ce-time", time.as_str()));
+    let body = br#"{"value": "2.5", "attributes": {"region": "eu"}}"#.to_vec();
+    let answer = app.post_with(Some(&app.acme_key), &first, body.clone()).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    let foreign: Vec<(&str, &str)> =
+        headers("bin-2").into_iter().map(|(k, v)| if k == "ce-subject" { (k, "globex") } else { (k, v) }).collect();
+    let refused = app.post_with(Some(&app.acme_key), &foreign, body.clone()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "a binary-mode event is tenant-scoped too: {}", refused.body);
+    let incomplete: Vec<(&str, &str)> = headers("bin-3").into_iter().filter(|(k, _)| *k != "ce-type").collect();
+    let malformed = app.post_with(Some(&app.acme_key), &incomplete, body).await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST, "{}", malformed.body);
+    assert!(malformed.body["error"]["message"].as_str().unwrap().contains("binary mode"), "{}", malformed.body);
+    let events: Vec<UsageEvent> = app.usage(1).await.iter().map(|m| parse(&m.payload)).collect();
+    assert_eq!((events[0].id.as_str(), events[0].tenant_id.as_str()), ("bin-1", "acme"));
+    assert_eq!((events[0].metric.as_str(), events[0].value.to_string().as_str()), ("compute_seconds", "2.5"));
+    assert_eq!(events[0].attributes["region"], "eu");
+    assert_eq!(events[0].timestamp, chrono::DateTime::parse_from_rfc3339(&time).unwrap());
     app.stop().await;
 }
 

@@ -88,7 +88,20 @@ impl TestApp {
     }
 
     pub async fn post(&self, key: Option<&str>, content_type: &str, body: impl Into<reqwest::Body>) -> Answer {
-        let mut request = self.http.post(self.url("/v1/events")).header("content-type", content_type).body(body);
+        self.post_with(key, &[("content-type", content_type)], body).await
+    }
+
+    /// A POST with the given headers (e.g. a CloudEvent's `ce-*` attributes in binary mode).
+    pub async fn post_with(
+        &self,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> Answer {
+        let mut request = self.http.post(self.url("/v1/events")).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
