@@ -161,7 +161,7 @@ impl ConsumerLoop {
             let Some(batch) = state.take_due(self.settings.max_batch_events, linger, now) else { continue };
             let writer = Arc::clone(&self.writer);
             let topic = self.topic.clone();
-            let abandon = self.abandon.clone();
+            let abandon = state.revoked.clone();
             self.in_flight.spawn(async move {
                 let outcome = writer
                     .store(&topic, partition, batch.first_offset, &batch.messages, batch.plan.clone(), &abandon)
@@ -184,7 +184,9 @@ impl ConsumerLoop {
             Outcome::Replan(plan) => state.replan(plan, batch.messages, Instant::now()),
             Outcome::AlreadyStored => {
                 tracing::info!(partition, "another instance stored this batch; reloading the partition's position");
-                self.partitions.remove(&partition);
+                if let Some(state) = self.partitions.remove(&partition) {
+                    state.revoked.cancel();
+                }
                 self.assign(vec![partition]).await;
             }
             Outcome::Abandoned => {}
@@ -206,7 +208,10 @@ impl ConsumerLoop {
             match change {
                 Assignment::Revoked(partitions) => {
                     for partition in partitions.iter().filter_map(|p| u32::try_from(*p).ok()) {
-                        self.partitions.remove(&partition);
+                        // The batch in flight stops: another instance owns the partition now.
+                        if let Some(state) = self.partitions.remove(&partition) {
+                            state.revoked.cancel();
+                        }
                         self.writer.metrics.assigned.with_label_values(&[&partition.to_string()]).set(0);
                     }
                     tracing::info!(?partitions, "partitions revoked");
@@ -228,7 +233,12 @@ impl ConsumerLoop {
                 tracing::info!(partition, next_offset = position.next_offset, "replaying an unfinished batch");
             }
             self.generation += 1;
-            let state = PartitionState::new(self.generation, position.next_offset, position.pending);
+            let state = PartitionState::new(
+                self.generation,
+                position.next_offset,
+                position.pending,
+                self.abandon.child_token(),
+            );
             self.partitions.insert(partition, state);
             self.writer.metrics.assigned.with_label_values(&[&partition.to_string()]).set(1);
             let offset = Offset::Offset(i64::try_from(position.next_offset).unwrap_or(i64::MAX));

@@ -4,6 +4,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::batch::{Message, Plan};
 
 /// What the consumer loop knows of one assigned partition.
@@ -21,6 +23,9 @@ pub struct PartitionState {
     pub plan: Option<Plan>,
     pub in_flight: bool,
     pub paused: bool,
+    /// Cancelled when the partition is revoked or reloaded: its batch in flight stops retrying
+    /// and writes nothing more.
+    pub revoked: CancellationToken,
 }
 
 /// A batch taken out of the buffer, to store.
@@ -33,8 +38,9 @@ pub struct TakenBatch {
 }
 
 impl PartitionState {
-    pub fn new(generation: u64, next_offset: u64, plan: Option<Plan>) -> Self {
+    pub fn new(generation: u64, next_offset: u64, plan: Option<Plan>, revoked: CancellationToken) -> Self {
         Self {
+            revoked,
             generation,
             next_offset,
             expected: next_offset,
@@ -134,7 +140,7 @@ mod tests {
     #[test]
     fn redeliveries_below_the_expected_offset_are_dropped() {
         let now = Instant::now();
-        let mut state = PartitionState::new(1, 10, None);
+        let mut state = PartitionState::new(1, 10, None, CancellationToken::new());
         assert!(!state.offer(message(9), now));
         assert!(state.offer(message(10), now));
         assert!(state.offer(message(12), now), "gaps (compaction, transaction markers) are fine");
@@ -146,7 +152,7 @@ mod tests {
     fn batches_are_due_by_size_or_linger() {
         let now = Instant::now();
         let linger = Duration::from_millis(100);
-        let mut state = PartitionState::new(1, 0, None);
+        let mut state = PartitionState::new(1, 0, None, CancellationToken::new());
         for offset in 0..5 {
             state.offer(message(offset), now);
         }
@@ -162,7 +168,7 @@ mod tests {
     #[test]
     fn a_known_plan_is_taken_exactly_once_its_range_is_buffered() {
         let now = Instant::now();
-        let mut state = PartitionState::new(1, 4, Some(plan(4, 7)));
+        let mut state = PartitionState::new(1, 4, Some(plan(4, 7)), CancellationToken::new());
         for offset in 4..7 {
             state.offer(message(offset), now);
         }
@@ -177,7 +183,7 @@ mod tests {
     #[test]
     fn a_replan_puts_the_messages_back_in_order() {
         let now = Instant::now();
-        let mut state = PartitionState::new(1, 0, None);
+        let mut state = PartitionState::new(1, 0, None, CancellationToken::new());
         for offset in 0..4 {
             state.offer(message(offset), now);
         }

@@ -96,7 +96,7 @@ impl BatchWriter {
         let mut wait = self.retry.initial;
         loop {
             let started = Instant::now();
-            match self.attempt(messages, known.as_ref(), proposal.as_ref()).await {
+            match self.attempt(messages, known.as_ref(), proposal.as_ref(), abandon).await {
                 Ok(outcome) => {
                     self.metrics.store_seconds.observe(started.elapsed().as_secs_f64());
                     return outcome;
@@ -146,14 +146,10 @@ impl BatchWriter {
         messages: &[Message],
         known: Option<&Plan>,
         proposal: Option<&Plan>,
+        abandon: &CancellationToken,
     ) -> Result<Outcome, StoreError> {
         let plan = match (known, proposal) {
-            (Some(plan), _) => {
-                if self.store.already_stored(plan).await.map_err(at("position"))? {
-                    return Ok(Outcome::AlreadyStored);
-                }
-                plan.clone()
-            }
+            (Some(plan), _) => plan.clone(),
             (None, Some(proposal)) => {
                 let settled = self.store.settle_plan(proposal).await.map_err(at("plan"))?;
                 if &settled != proposal {
@@ -171,6 +167,15 @@ impl BatchWriter {
         let counted_before = self.store.counted_before(&plan, &pairs).await.map_err(at("dedup_lookup"))?;
         let looked_up_at = started.elapsed();
         let rows = batch::assemble(&plan, decoded.events, &counted_before, &self.catalogue);
+        // Every plan, replayed or our own, is written only while it is still the partition's next
+        // batch and the partition still ours: a writer that stalled while another instance took
+        // over and stored this batch stops here instead of inserting it a second time.
+        if abandon.is_cancelled() {
+            return Ok(Outcome::Abandoned);
+        }
+        if self.store.already_stored(&plan).await.map_err(at("position"))? {
+            return Ok(Outcome::AlreadyStored);
+        }
         self.store.store_rows(&plan, &rows).await.map_err(at("insert"))?;
         let inserted_at = started.elapsed();
         self.dead_letter(&plan, &decoded.dead_letters).await?;
