@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::Message;
 use crate::config::AggregatorSection;
+use crate::doze::Doze;
 use crate::partitions::{PartitionState, TakenBatch};
 use crate::writer::{BatchWriter, Outcome};
 
@@ -92,6 +93,7 @@ pub struct ConsumerLoop {
     pub in_flight: JoinSet<Finished>,
     /// Cancelled to abandon batches still retrying (shutdown, revocation).
     pub abandon: CancellationToken,
+    pub doze: Doze,
 }
 
 impl std::fmt::Debug for ConsumerLoop {
@@ -119,17 +121,25 @@ impl ConsumerLoop {
                     Ok(message) => {
                         self.follow_rebalances().await;
                         self.offer(&message);
+                        self.doze.active();
+                        if self.doze.dozing {
+                            self.wake();
+                        }
                     }
                     Err(error) => tracing::warn!(error = %error, "consumer error"),
                 },
                 Some(finished) = self.in_flight.join_next() => match finished {
-                    Ok((partition, batch, outcome)) => self.finished(partition, batch, outcome).await,
+                    Ok((partition, batch, outcome)) => {
+                        self.doze.active();
+                        self.finished(partition, batch, outcome).await;
+                    }
                     Err(join) => tracing::error!(error = %join, "a batch task failed"),
                 },
                 _ = tick.tick() => {}
             }
             self.follow_rebalances().await;
             self.start_due(linger);
+            self.doze_step().await;
         }
         tracing::info!(batches = self.in_flight.len(), "aggregator stopping: finishing batches in flight");
         let finish = async { while self.in_flight.join_next().await.is_some() {} };
@@ -203,8 +213,50 @@ impl ConsumerLoop {
         }
     }
 
+    /// Dozes once everything is quiet; while dozing, wakes when a partition has new data.
+    async fn doze_step(&mut self) {
+        if self.doze.dozing {
+            let next: Vec<(i32, i64)> = self
+                .partitions
+                .iter()
+                .map(|(partition, state)| (*partition as i32, i64::try_from(state.expected()).unwrap_or(i64::MAX)))
+                .collect();
+            if self.doze.new_data(&self.consumer, &self.topic, next).await {
+                self.wake();
+            }
+            return;
+        }
+        let quiet = self.in_flight.is_empty()
+            && !self.partitions.is_empty()
+            && self.partitions.values().all(|state| state.buffered() == 0 && !state.paused);
+        if self.doze.due(quiet) && self.pause_all(true) {
+            tracing::debug!("nothing to consume: dozing");
+            self.doze.fall_asleep();
+        }
+    }
+
+    fn wake(&mut self) {
+        self.pause_all(false);
+        self.doze.wake();
+    }
+
+    /// Pauses or resumes every assigned partition the buffer logic has not paused itself.
+    fn pause_all(&self, pause: bool) -> bool {
+        let mut list = TopicPartitionList::new();
+        for (partition, _) in self.partitions.iter().filter(|(_, state)| !state.paused) {
+            list.add_partition(&self.topic, *partition as i32);
+        }
+        let outcome = if pause { self.consumer.pause(&list) } else { self.consumer.resume(&list) };
+        outcome.map_err(|error| tracing::warn!(pause, error = %error, "dozing pause/resume failed")).is_ok()
+    }
+
     async fn follow_rebalances(&mut self) {
         while let Ok(change) = self.assignments.try_recv() {
+            // A rebalance resets what is paused: wake, and doze again later if still quiet.
+            if self.doze.dozing {
+                self.wake();
+            }
+            self.doze.active();
             match change {
                 Assignment::Revoked(partitions) => {
                     for partition in partitions.iter().filter_map(|p| u32::try_from(*p).ok()) {

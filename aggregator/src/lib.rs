@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod config;
 pub mod consumer;
+pub mod doze;
 pub mod lag;
 pub mod metrics;
 pub mod partitions;
@@ -95,6 +96,7 @@ impl Aggregator {
             generation: 0,
             in_flight: tokio::task::JoinSet::new(),
             abandon: CancellationToken::new(),
+            doze: doze::Doze::default(),
         };
         let server = HttpServer::bind(section.listen).await?;
         Ok(Self {

@@ -63,6 +63,11 @@ impl PartitionState {
         true
     }
 
+    /// The next offset the partition expects from the broker.
+    pub fn expected(&self) -> u64 {
+        self.expected
+    }
+
     pub fn buffered(&self) -> usize {
         self.buffer.len()
     }

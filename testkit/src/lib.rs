@@ -65,7 +65,15 @@ pub async fn read_topic(kafka: &KafkaConfig, topic: &str, expected: usize, wait:
     let deadline = tokio::time::Instant::now() + wait;
     while messages.len() < expected || expected == 0 {
         let Ok(next) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
-        let message = next.expect("message");
+        // A transient client error (a connection dropped under load) is retried until the deadline.
+        let message = match next {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, topic, "reading the topic: retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let headers = message
             .headers()
             .map(|h| {
