@@ -23,15 +23,19 @@ install_noida() {
     || die "installing noida-db failed: see $LOG_DIR/install-noida.log (cargo must reach crates.io)"
 }
 
+# make_venv DIR: a Python virtual environment, installing python3-venv where it is missing.
+make_venv() {
+  python3 -m venv "$1" >/dev/null 2>&1 && return
+  command -v apt-get >/dev/null || die "python3 -m venv failed: install Python's venv module"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+    || die "installing python3-venv failed; install it and run again"
+  python3 -m venv "$1" || die "python3 -m venv $1 failed"
+}
+
 install_chdb() {
   if "$CHDB_VENV/bin/python" -c "import chdb._chdb" >/dev/null 2>&1; then return; fi
   say "installing ClickHouse $CHDB_VERSION (PyPI chdb-core) into $CHDB_VENV"
-  if ! python3 -m venv "$CHDB_VENV" >/dev/null 2>&1; then
-    command -v apt-get >/dev/null || die "python3 -m venv failed: install Python's venv module"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
-      || die "installing python3-venv failed; install it and run again"
-    python3 -m venv "$CHDB_VENV" || die "python3 -m venv $CHDB_VENV failed"
-  fi
+  make_venv "$CHDB_VENV"
   "$CHDB_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "chdb-core==$CHDB_VERSION" \
     >"$LOG_DIR/install-chdb.log" 2>&1 \
     || die "installing chdb-core==$CHDB_VERSION failed: see $LOG_DIR/install-chdb.log (pip must reach PyPI)"
@@ -73,6 +77,13 @@ ensure_test_tools() {
   command -v redis-server >/dev/null || apt_install redis-server
   command -v openssl >/dev/null || apt_install openssl
   command -v faketime >/dev/null || apt_install faketime
+  if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version >/dev/null 2>&1; then
+    say "installing schemathesis $SCHEMATHESIS_VERSION (PyPI) into $SCHEMATHESIS_VENV"
+    make_venv "$SCHEMATHESIS_VENV"
+    "$SCHEMATHESIS_VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" \
+      >"$LOG_DIR/install-schemathesis.log" 2>&1 \
+      || die "installing schemathesis==$SCHEMATHESIS_VERSION failed: see $LOG_DIR/install-schemathesis.log (pip must reach PyPI)"
+  fi
 }
 
 ensure_redis() {
@@ -134,6 +145,7 @@ export TALLY_TEST_POSTGRES_URL=$(postgres_url postgres)
 export TALLY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export TALLY_ENFORCER__RATE__STORE=redis
 export TALLY_ENFORCER__RATE__REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export TALLY_TEST_SCHEMATHESIS=$SCHEMATHESIS_VENV/bin/schemathesis
 ENV
 }
 

@@ -5,4 +5,5 @@
 mod api;
 mod broker_down;
 mod client;
+mod conformance;
 mod helpers;
