@@ -8,10 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use tokio::task::JoinHandle;
-
-use crate::consumer::UsageConsumer;
 
 pub const IDLE_AFTER: Duration = Duration::from_secs(2);
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -56,7 +54,11 @@ impl Doze {
     }
 
     /// While dozing: `true` once a poll found data past `next` (partition, next offset to read).
-    pub async fn new_data(&mut self, consumer: &Arc<UsageConsumer>, topic: &str, next: Vec<(i32, i64)>) -> bool {
+    pub async fn new_data<K, C>(&mut self, consumer: &Arc<C>, topic: &str, next: Vec<(i32, i64)>) -> bool
+    where
+        K: ConsumerContext + 'static,
+        C: Consumer<K> + Send + Sync + 'static,
+    {
         if let Some(poll) = &self.poll
             && poll.is_finished()
         {
