@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use tally_aggregator::batch::{self, Message, Plan};
+use tally_aggregator::batch;
 use tally_aggregator::store::Store;
 use tally_testkit::{kafka_config, read_topic};
 
@@ -56,26 +56,9 @@ async fn a_half_written_batch_is_replayed_exactly() {
 
     // What a crashed instance left behind: a plan over offsets 0..=199, its raw events stored,
     // its ids, rollups and checkpoint not.
-    let messages: Vec<Message> = read_topic(&harness.kafka, &harness.topics.usage_events, 200, Duration::from_secs(20))
-        .await
-        .into_iter()
-        .enumerate()
-        .map(|(offset, m)| Message {
-            offset: offset as u64,
-            key: m.key.map(String::into_bytes),
-            payload: Some(m.payload),
-            accepted_at: None,
-        })
-        .collect();
+    let messages = harness.messages(200).await;
     let store = Store::new(harness.ch.client.clone());
-    let plan = Plan {
-        topic: harness.topics.usage_events.clone(),
-        kafka_partition: 0,
-        first_offset: 0,
-        last_offset: 199,
-        decided_at: Utc::now().timestamp_millis(),
-        planned_by: "crashed".to_owned(),
-    };
+    let plan = harness.plan(199, "crashed");
     assert_eq!(store.settle_plan(&plan).await.unwrap(), plan);
     let catalogue = oracle::catalogue();
     let decoded = batch::decode(&plan, &messages, &catalogue);

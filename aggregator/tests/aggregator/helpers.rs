@@ -151,6 +151,33 @@ format = "text"
         send_all(publisher, &self.topics.usage_events, sends).await;
     }
 
+    /// The first `count` messages of partition 0 of the usage topic, as the consumer loop owns them.
+    pub async fn messages(&self, count: usize) -> Vec<tally_aggregator::batch::Message> {
+        tally_testkit::read_topic(&self.kafka, &self.topics.usage_events, count, Duration::from_secs(20))
+            .await
+            .into_iter()
+            .enumerate()
+            .map(|(offset, m)| tally_aggregator::batch::Message {
+                offset: offset as u64,
+                key: m.key.map(String::into_bytes),
+                payload: Some(m.payload),
+                accepted_at: None,
+            })
+            .collect()
+    }
+
+    /// A plan over offsets `0..=last` of partition 0, decided now by `planned_by`.
+    pub fn plan(&self, last: u64, planned_by: &str) -> tally_aggregator::batch::Plan {
+        tally_aggregator::batch::Plan {
+            topic: self.topics.usage_events.clone(),
+            kafka_partition: 0,
+            first_offset: 0,
+            last_offset: last,
+            decided_at: chrono::Utc::now().timestamp_millis(),
+            planned_by: planned_by.to_owned(),
+        }
+    }
+
     pub async fn counted(&self) -> u64 {
         self.ch.client.query("SELECT count() FROM usage_events").fetch_one().await.expect("count")
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use tally_aggregator::Aggregator;
-use tally_aggregator::batch::{self, Message, Plan};
+use tally_aggregator::batch;
 use tally_aggregator::store::Store;
 use tally_kit::producer::Record;
 use tally_schemas::{UsageEvent, ValidationContext};
@@ -20,28 +20,11 @@ async fn a_profile_with_insert_deduplicate_off_changes_nothing() {
     let harness = Harness::new(kafka_config(), 1).await;
     let sends = oracle::stream(5, 300, 4, Utc::now());
     harness.send(&harness.publisher(), &sends).await;
-    let messages: Vec<Message> = read_topic(&harness.kafka, &harness.topics.usage_events, 300, Duration::from_secs(20))
-        .await
-        .into_iter()
-        .enumerate()
-        .map(|(offset, m)| Message {
-            offset: offset as u64,
-            key: m.key.map(String::into_bytes),
-            payload: Some(m.payload),
-            accepted_at: None,
-        })
-        .collect();
+    let messages = harness.messages(300).await;
     // As if the server's default profile turned deduplication off and inserts asynchronous.
     let client = harness.ch.client.clone().with_setting("insert_deduplicate", "0").with_setting("async_insert", "1");
     let store = Store::new(client);
-    let plan = Plan {
-        topic: harness.topics.usage_events.clone(),
-        kafka_partition: 0,
-        first_offset: 0,
-        last_offset: 299,
-        decided_at: Utc::now().timestamp_millis(),
-        planned_by: "profile".to_owned(),
-    };
+    let plan = harness.plan(299, "profile");
     let catalogue = oracle::catalogue();
     let decoded = batch::decode(&plan, &messages, &catalogue);
     let rows = batch::assemble(&plan, decoded.events, &Default::default(), &catalogue);
