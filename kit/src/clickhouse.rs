@@ -48,6 +48,15 @@ pub async fn ensure_database(config: &ClickHouseConfig) -> Result<(), ClickHouse
         .map_err(|source| ClickHouseSetupError::Query { url: config.url.clone(), source })
 }
 
+async fn table_exists(client: &Client, table: &str) -> Result<bool, clickhouse::error::Error> {
+    let found: u64 = client
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = ?")
+        .bind(table)
+        .fetch_one()
+        .await?;
+    Ok(found > 0)
+}
+
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct Applied {
     version: u32,
@@ -61,6 +70,11 @@ fn checksum(migration: &ClickHouseMigration) -> String {
 /// Applies the DDL versions not applied yet, in order; returns the versions applied now.
 /// Safe to run again at any time, and after a crash half-way through.
 pub async fn apply_migrations(config: &ClickHouseConfig) -> Result<Vec<u32>, ClickHouseSetupError> {
+    apply_migrations_through(config, u32::MAX).await
+}
+
+/// [`apply_migrations`] up to and including version `last` (an upgrade from an older release).
+pub async fn apply_migrations_through(config: &ClickHouseConfig, last: u32) -> Result<Vec<u32>, ClickHouseSetupError> {
     ensure_database(config).await?;
     let client = client(config);
     let fail = |source| ClickHouseSetupError::Query { url: config.url.clone(), source };
@@ -81,7 +95,7 @@ pub async fn apply_migrations(config: &ClickHouseConfig) -> Result<Vec<u32>, Cli
         .await
         .map_err(fail)?;
     let mut applied_now = Vec::new();
-    for migration in CLICKHOUSE_MIGRATIONS {
+    for migration in CLICKHOUSE_MIGRATIONS.iter().filter(|m| m.version <= last) {
         let current = checksum(migration);
         if let Some(done) = applied.iter().find(|a| a.version == migration.version) {
             if done.checksum != current {
@@ -95,7 +109,12 @@ pub async fn apply_migrations(config: &ClickHouseConfig) -> Result<Vec<u32>, Cli
             continue;
         }
         for statement in migration.statements() {
-            client.query(&statement).execute().await.map_err(fail)?;
+            if let Some(table) = &statement.unless_table
+                && table_exists(&client, table).await.map_err(fail)?
+            {
+                continue;
+            }
+            client.query(&statement.sql).execute().await.map_err(fail)?;
         }
         client
             .query(&format!("INSERT INTO {CLICKHOUSE_MIGRATIONS_TABLE} (version, name, checksum) VALUES (?, ?, ?)"))

@@ -145,7 +145,11 @@ fn rows(offsets: std::ops::Range<u64>) -> Vec<EventRow> {
 }
 
 async fn insert(client: &clickhouse::Client, rows: &[EventRow]) {
-    let mut insert = client.insert::<EventRow>("usage_events").await.expect("insert");
+    insert_into(client, "usage_events_base", rows).await;
+}
+
+async fn insert_into(client: &clickhouse::Client, table: &str, rows: &[EventRow]) {
+    let mut insert = client.insert::<EventRow>(table).await.expect("insert");
     for row in rows {
         insert.write(row).await.expect("write row");
     }
@@ -223,4 +227,38 @@ async fn postgres_migrations_create_platform_and_tally_schemas() {
     .expect("catalog");
     assert_eq!(tally_tables, ["tally.api_keys"], "Tally's tables live in its own schema");
     pg.drop_database().await;
+}
+
+#[tokio::test]
+async fn upgrading_to_partition_scoped_tables_keeps_every_row_readable() {
+    let config = tally_kit::config::ClickHouseConfig {
+        url: std::env::var("TALLY_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".to_owned()),
+        database: tally_testkit::unique_name("tally_upgrade").replace('-', "_"),
+        ..Default::default()
+    };
+    // A database of the release before migration 3, holding rows.
+    assert_eq!(tally_kit::clickhouse::apply_migrations_through(&config, 2).await.expect("old DDL"), vec![1, 2]);
+    let client = tally_kit::clickhouse::client(&config);
+    insert_into(&client, "usage_events", &rows(0..5)).await;
+    let events_before: u64 = client.query("SELECT count() FROM usage_events").fetch_one().await.expect("count");
+    assert_eq!(events_before, 5);
+    // Half-way through the upgrade: the first rename done, then a crash.
+    client.query("RENAME TABLE usage_events TO usage_events_base").execute().await.expect("rename");
+    assert_eq!(tally_kit::clickhouse::apply_migrations(&config).await.expect("upgrade"), vec![3]);
+    let engine: String = client
+        .query("SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = 'usage_events'")
+        .fetch_one()
+        .await
+        .expect("engine");
+    assert_eq!(engine, "Merge");
+    let back: Vec<EventRow> =
+        client.query("SELECT ?fields FROM usage_events ORDER BY kafka_offset").fetch_all().await.expect("select");
+    assert_eq!(back, rows(0..5), "the rows written before the upgrade read through the Merge table");
+    // A partition table created afterwards is read alongside.
+    client.query(&tally_schemas::ddl::create_partition_table("usage_events", 3)).execute().await.expect("create");
+    insert_into(&client, "usage_events_p3", &rows(5..8)).await;
+    let events_after: u64 = client.query("SELECT count() FROM usage_events").fetch_one().await.expect("count");
+    assert_eq!(events_after, 8);
+    assert!(tally_kit::clickhouse::apply_migrations(&config).await.expect("again").is_empty());
+    client.query(&format!("DROP DATABASE {}", config.database)).execute().await.expect("drop");
 }
