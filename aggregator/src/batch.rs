@@ -196,11 +196,26 @@ pub struct IdRow {
     pub kafka_offset: u64,
 }
 
-/// Everything a batch stores.
+/// The batch's claims on its (tenant, id) pairs: one `usage_event_ids` row per decoded event,
+/// written before the batch decides what it counts (see [`crate::store::Store::claim`]).
+pub fn claims(plan: &Plan, events: &[(u64, UsageEvent)]) -> Vec<IdRow> {
+    let received_at = u32::try_from(plan.decided_at().timestamp()).unwrap_or(0);
+    events
+        .iter()
+        .map(|(offset, event)| IdRow {
+            tenant_id: event.tenant_id.as_str().to_owned(),
+            event_id: event.id.as_str().to_owned(),
+            received_at,
+            kafka_partition: plan.kafka_partition,
+            kafka_offset: *offset,
+        })
+        .collect()
+}
+
+/// Everything a batch stores once its claims are settled.
 #[derive(Debug, Default)]
 pub struct Rows {
     pub events: Vec<EventRow>,
-    pub ids: Vec<IdRow>,
     pub rollups: Vec<RollupRow>,
     /// Events counted before this batch (client retries).
     pub duplicates_before: u64,
@@ -209,7 +224,7 @@ pub struct Rows {
 }
 
 /// The rows of a decoded batch's `events`, leaving out the (tenant, id) pairs `counted_before`
-/// holds. Takes the events by value: their strings move into the rows instead of being copied.
+/// holds (claimed first by another batch). Takes the events by value: their strings move into the rows instead of being copied.
 pub fn assemble(
     plan: &Plan,
     events: Vec<(u64, UsageEvent)>,
@@ -217,7 +232,6 @@ pub fn assemble(
     catalogue: &MetricCatalogue,
 ) -> Rows {
     let decided_at = plan.decided_at();
-    let received_at = u32::try_from(decided_at.timestamp()).unwrap_or(0);
     let mut rows = Rows::default();
     let mut counted: Vec<(u64, UsageEvent)> = Vec::with_capacity(events.len());
     for (offset, event) in events {
@@ -229,13 +243,6 @@ pub fn assemble(
         if decided_at - event.timestamp > LATE_AFTER {
             rows.late += 1;
         }
-        rows.ids.push(IdRow {
-            tenant_id: pair.0,
-            event_id: pair.1,
-            received_at,
-            kafka_partition: plan.kafka_partition,
-            kafka_offset: offset,
-        });
         counted.push((offset, event));
     }
     rows.rollups = rollup(counted.iter().map(|(_, event)| event), catalogue);

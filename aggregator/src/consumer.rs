@@ -2,7 +2,8 @@
 //! writer (one in flight per partition, partitions in parallel), and follows rebalances.
 //!
 //! On assignment a partition resumes at its checkpoint in ClickHouse, never at a Kafka offset: the
-//! group's committed offsets only report progress (they are committed after the checkpoint).
+//! group's committed offsets only report progress (committed after the checkpoint, at most once a
+//! second: see `progress`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::batch::Message;
 use crate::config::AggregatorSection;
 use crate::doze::Doze;
 use crate::partitions::{PartitionState, TakenBatch};
+use crate::progress::Progress;
 use crate::writer::{BatchWriter, Outcome};
 
 /// Partition changes, reported from librdkafka's rebalance callback to the loop.
@@ -94,6 +96,7 @@ pub struct ConsumerLoop {
     /// Cancelled to abandon batches still retrying (shutdown, revocation).
     pub abandon: CancellationToken,
     pub doze: Doze,
+    pub progress: Progress,
 }
 
 impl std::fmt::Debug for ConsumerLoop {
@@ -139,6 +142,7 @@ impl ConsumerLoop {
             }
             self.follow_rebalances().await;
             self.start_due(linger);
+            self.commit_progress();
             self.doze_step().await;
         }
         tracing::info!(batches = self.in_flight.len(), "aggregator stopping: finishing batches in flight");
@@ -189,7 +193,7 @@ impl ConsumerLoop {
         match outcome {
             Outcome::Stored(plan) => {
                 state.stored(&plan);
-                self.commit_progress(partition, plan.next_offset());
+                self.progress.stored(partition, plan.next_offset());
             }
             Outcome::Replan(plan) => state.replan(plan, batch.messages, Instant::now()),
             Outcome::AlreadyStored => {
@@ -264,6 +268,7 @@ impl ConsumerLoop {
                         if let Some(state) = self.partitions.remove(&partition) {
                             state.revoked.cancel();
                         }
+                        self.progress.forget(partition);
                         self.writer.metrics.assigned.with_label_values(&[&partition.to_string()]).set(0);
                     }
                     tracing::info!(?partitions, "partitions revoked");
@@ -302,13 +307,18 @@ impl ConsumerLoop {
         }
     }
 
-    fn commit_progress(&self, partition: u32, next_offset: u64) {
+    /// Commits stored progress when due (see [`Progress`]).
+    fn commit_progress(&mut self) {
+        let Some(due) = self.progress.due(Instant::now()) else { return };
         let mut list = TopicPartitionList::new();
-        let offset = Offset::Offset(i64::try_from(next_offset).unwrap_or(i64::MAX));
-        if list.add_partition_offset(&self.topic, partition as i32, offset).is_ok()
-            && let Err(error) = self.consumer.commit(&list, rdkafka::consumer::CommitMode::Async)
-        {
-            tracing::debug!(partition, error = %error, "progress commit failed (only lag reporting uses it)");
+        for (partition, next_offset) in due {
+            let offset = Offset::Offset(i64::try_from(next_offset).unwrap_or(i64::MAX));
+            if list.add_partition_offset(&self.topic, partition as i32, offset).is_err() {
+                return;
+            }
+        }
+        if let Err(error) = self.consumer.commit(&list, rdkafka::consumer::CommitMode::Async) {
+            tracing::debug!(error = %error, "progress commit failed (only lag reporting uses it)");
         }
     }
 

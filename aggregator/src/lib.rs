@@ -8,10 +8,13 @@ pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod doze;
+pub mod fence;
 pub mod lag;
 pub mod metrics;
 pub mod partitions;
+pub mod progress;
 pub mod rollup;
+pub mod rowbinary;
 pub mod store;
 pub mod writer;
 
@@ -58,8 +61,8 @@ impl Aggregator {
         let ops = Ops::new("aggregator", stopping.clone());
         let metrics = AggregatorMetrics::register(ops.registry()).context("registering metrics")?;
         let publisher = Publisher::new(&config.kafka, &config.producer).context("creating the dead-letter producer")?;
-        let store = Store::new(tally_kit::clickhouse::client(&config.clickhouse));
-        store.verify_dedup_windows(config.aggregator.min_dedup_window).await?;
+        let store = Store::new(tally_kit::clickhouse::client(&config.clickhouse).with_validation(false));
+        store.verify_tables(config.aggregator.min_dedup_window).await?;
         let section = config.aggregator.clone();
         let writer = Arc::new(BatchWriter {
             store: store.clone(),
@@ -97,6 +100,7 @@ impl Aggregator {
             in_flight: tokio::task::JoinSet::new(),
             abandon: CancellationToken::new(),
             doze: doze::Doze::default(),
+            progress: progress::Progress::default(),
         };
         let server = HttpServer::bind(section.listen).await?;
         Ok(Self {

@@ -24,6 +24,9 @@ pub struct AggregatorMetrics {
     pub assigned: IntGaugeVec,
     /// Plans found unfinished on assignment and replayed.
     pub replays: IntCounter,
+    /// Batch inserts the server refused because the partition had moved past the batch (a stale
+    /// writer: paused, or cut off while another instance took over).
+    pub fenced: IntCounter,
 }
 
 fn seconds(name: &str, help: &str) -> Result<Histogram, prometheus::Error> {
@@ -67,6 +70,10 @@ impl AggregatorMetrics {
                 "aggregator_replays_total",
                 "Unfinished batches found on assignment and replayed",
             )?,
+            fenced: IntCounter::new(
+                "aggregator_fenced_batches_total",
+                "Batch inserts refused because another instance had stored the batch (a stale writer)",
+            )?,
         };
         registry.register(Box::new(metrics.counted.clone()))?;
         registry.register(Box::new(metrics.duplicates.clone()))?;
@@ -78,6 +85,7 @@ impl AggregatorMetrics {
         registry.register(Box::new(metrics.lag.clone()))?;
         registry.register(Box::new(metrics.assigned.clone()))?;
         registry.register(Box::new(metrics.replays.clone()))?;
+        registry.register(Box::new(metrics.fenced.clone()))?;
         Ok(metrics)
     }
 }

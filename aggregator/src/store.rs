@@ -2,11 +2,19 @@
 //! the token-deduplicated inserts of a batch's rows. Every call here is safe to repeat.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
+use tally_schemas::ddl::{PARTITION_SCOPED_TABLES, create_partition_table, partition_table};
 
-use crate::batch::{Plan, Rows};
+use crate::batch::{IdRow, Plan, Rows};
+use crate::fence::{self, Written};
+
+fn base(table: &str) -> String {
+    format!("{table}_base")
+}
 
 /// Where a partition stands in ClickHouse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,11 +35,9 @@ struct CheckpointRow<'a> {
 }
 
 #[derive(Debug, Row, Serialize)]
-struct LookupRow<'a> {
-    token: &'a str,
+struct PairRow<'a> {
     tenant_id: &'a str,
     event_id: &'a str,
-    created_at: u32,
 }
 
 #[derive(Debug, Row, Deserialize)]
@@ -40,15 +46,24 @@ struct Pair {
     event_id: String,
 }
 
+/// A session of its own for each claim attempt (sessions run one query at a time).
+fn session_id() -> String {
+    static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("tally-claim-{}-{nanos}-{}", std::process::id(), ATTEMPTS.fetch_add(1, Ordering::Relaxed))
+}
+
 /// The aggregator's ClickHouse tables.
 #[derive(Debug, Clone)]
 pub struct Store {
     client: Client,
+    /// Kafka partitions whose tables this process has created (or found).
+    partition_tables: Arc<Mutex<HashSet<u32>>>,
 }
 
-/// The tables a batch writes with a token, and so need a deduplication window.
-pub const DEDUPLICATED_TABLES: [&str; 5] =
-    ["usage_events", "usage_event_ids", "usage_rollups", "aggregator_checkpoints", "aggregator_batches"];
+/// Tables whose first stored row wins, read as the lowest `_block_number`: they need the
+/// persisted block number column (migration 3).
+pub const FIRST_WINS_TABLES: [&str; 2] = ["usage_event_ids", "aggregator_batches"];
 
 /// A table whose settings break the exactly-once protocol.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +74,11 @@ pub enum DedupWindowError {
          ALTER TABLE {table} MODIFY SETTING non_replicated_deduplication_window = {needed}"
     )]
     TooSmall { table: String, found: u64, needed: u64 },
+    #[error(
+        "ClickHouse table {0} lacks enable_block_number_column = 1 (its first stored row must be knowable): \
+         ALTER TABLE {0} MODIFY SETTING enable_block_number_column = 1"
+    )]
+    NoBlockNumbers(String),
     #[error("ClickHouse table {0} is missing: apply the DDL in schemas/clickhouse")]
     Missing(String),
     #[error("reading the tables' settings: {0}")]
@@ -69,6 +89,17 @@ pub enum DedupWindowError {
 struct TableSettings {
     name: String,
     engine_full: String,
+}
+
+impl TableSettings {
+    fn setting(&self, name: &str) -> u64 {
+        self.engine_full
+            .split(&format!("{name} = "))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 /// An insert with everything exactly-once rests on pinned on the query itself, whatever the
@@ -83,35 +114,65 @@ fn pinned<T: Row>(insert: clickhouse::insert::Insert<T>, token: &str) -> clickho
 
 impl Store {
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self { client, partition_tables: Arc::default() }
     }
 
     pub fn client(&self) -> &Client {
         &self.client
     }
 
-    /// Refuses tables whose deduplication window is below `needed` blocks (or missing).
-    pub async fn verify_dedup_windows(&self, needed: u64) -> Result<(), DedupWindowError> {
+    /// Refuses tables that break the protocol: a partition-scoped table (or the base it is copied
+    /// from) whose deduplication window is below `needed` blocks, or a first-wins table without
+    /// block numbers.
+    pub async fn verify_tables(&self, needed: u64) -> Result<(), DedupWindowError> {
         let tables: Vec<TableSettings> = self
             .client
-            .query("SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() AND name IN ?")
-            .bind(DEDUPLICATED_TABLES)
+            .query(
+                "SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() \
+                 AND (name IN ? OR match(name, '^(usage_events|usage_rollups)_p[0-9]+$'))",
+            )
+            .bind(
+                FIRST_WINS_TABLES
+                    .map(str::to_owned)
+                    .into_iter()
+                    .chain(PARTITION_SCOPED_TABLES.map(base))
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all()
             .await?;
-        for table in DEDUPLICATED_TABLES {
-            let Some(settings) = tables.iter().find(|t| t.name == table) else {
-                return Err(DedupWindowError::Missing(table.to_owned()));
-            };
-            let found = settings
-                .engine_full
-                .split("non_replicated_deduplication_window = ")
-                .nth(1)
-                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|digits| digits.parse().ok())
-                .unwrap_or(0);
-            if found < needed {
-                return Err(DedupWindowError::TooSmall { table: table.to_owned(), found, needed });
+        for table in FIRST_WINS_TABLES {
+            match tables.iter().find(|t| t.name == table) {
+                None => return Err(DedupWindowError::Missing(table.to_owned())),
+                Some(settings) if settings.setting("enable_block_number_column") != 1 => {
+                    return Err(DedupWindowError::NoBlockNumbers(table.to_owned()));
+                }
+                Some(_) => {}
             }
+        }
+        for table in PARTITION_SCOPED_TABLES.map(base) {
+            if !tables.iter().any(|t| t.name == table) {
+                return Err(DedupWindowError::Missing(table));
+            }
+        }
+        for settings in tables.iter().filter(|t| !FIRST_WINS_TABLES.contains(&t.name.as_str())) {
+            let found = settings.setting("non_replicated_deduplication_window");
+            if found < needed {
+                return Err(DedupWindowError::TooSmall { table: settings.name.clone(), found, needed });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the partition's scoped tables if they are missing (once per process).
+    pub async fn ensure_partition_tables(&self, partition: u32) -> clickhouse::error::Result<()> {
+        if self.partition_tables.lock().is_ok_and(|known| known.contains(&partition)) {
+            return Ok(());
+        }
+        for table in PARTITION_SCOPED_TABLES {
+            self.client.query(&create_partition_table(table, partition)).execute().await?;
+        }
+        if let Ok(mut known) = self.partition_tables.lock() {
+            known.insert(partition);
         }
         Ok(())
     }
@@ -133,7 +194,7 @@ impl Store {
         self.client
             .query(
                 "SELECT ?fields FROM aggregator_batches WHERE topic = ? AND kafka_partition = ? AND first_offset = ? \
-                 ORDER BY last_offset LIMIT 1",
+                 ORDER BY _block_number LIMIT 1",
             )
             .bind(topic)
             .bind(partition)
@@ -142,7 +203,9 @@ impl Store {
             .await
     }
 
-    /// Stores `proposal` unless a plan for its first offset exists; returns the plan in force.
+    /// Stores `proposal` unless a plan for its first offset exists; returns the plan in force: the
+    /// first one stored (lowest block number), even if a stale writer's late plan got in after
+    /// the token was forgotten.
     pub async fn settle_plan(&self, proposal: &Plan) -> clickhouse::error::Result<Plan> {
         let mut insert = pinned(self.client.insert::<Plan>("aggregator_batches").await?, &proposal.plan_token());
         insert.write(proposal).await?;
@@ -152,56 +215,78 @@ impl Store {
         Ok(settled.unwrap_or_else(|| proposal.clone()))
     }
 
-    /// Whether the partition has already moved past the plan's first offset (another writer
-    /// stored this batch).
-    pub async fn already_stored(&self, plan: &Plan) -> clickhouse::error::Result<bool> {
-        let position = self.position(&plan.topic, plan.kafka_partition).await?;
-        Ok(position.next_offset > plan.first_offset)
-    }
-
-    /// The (tenant, id) pairs among `pairs` counted before the plan's batch: anywhere except this
-    /// partition at or after the batch's first offset (which is this batch or a replay of it).
-    /// The pairs travel as rows of `aggregator_lookups`, then one indexed query finds them.
-    pub async fn counted_before(
-        &self,
-        plan: &Plan,
-        pairs: &[(&str, &str)],
-    ) -> clickhouse::error::Result<HashSet<(String, String)>> {
-        if pairs.is_empty() {
+    /// Claims the batch's (tenant, id) pairs and returns those another batch claimed first:
+    /// counted before (a client retry) or by a batch of another partition (a partition-count
+    /// change, another partitioner). Each pair's first claim — the lowest block number in
+    /// `usage_event_ids`, which is commit order — decides, so two batches that race for a pair
+    /// agree on one winner, and a replay decides as the first attempt did: claims only accrue
+    /// after it, with higher numbers.
+    ///
+    /// The pairs travel once more, into a temporary table of a session of this attempt alone (in
+    /// memory, gone with the session), so one indexed query finds the claims of other batches on
+    /// them; only when there are some (rare) are all claims on the pairs compared.
+    pub async fn claim(&self, plan: &Plan, claims: &[IdRow]) -> clickhouse::error::Result<HashSet<(String, String)>> {
+        if claims.is_empty() {
             return Ok(HashSet::new());
         }
+        let session =
+            self.client.clone().with_setting("session_id", session_id()).with_setting("session_timeout", "60");
+        let lookups = async {
+            session
+                .query("CREATE TEMPORARY TABLE IF NOT EXISTS claim_lookup (tenant_id String, event_id String) ENGINE = Memory")
+                .execute()
+                .await?;
+            let mut insert = session.insert::<PairRow<'_>>("claim_lookup").await?;
+            for claim in claims {
+                insert.write(&PairRow { tenant_id: &claim.tenant_id, event_id: &claim.event_id }).await?;
+            }
+            insert.end().await
+        };
         let token = plan.token();
-        let created_at = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
-        let mut insert =
-            self.client.insert::<LookupRow<'_>>("aggregator_lookups").await?.with_setting("async_insert", "0");
-        for (tenant_id, event_id) in pairs {
-            insert.write(&LookupRow { token: &token, tenant_id, event_id, created_at }).await?;
-        }
-        insert.end().await?;
-        let rows: Vec<Pair> = self
-            .client
+        tokio::try_join!(lookups, self.insert_all("usage_event_ids", &token, claims))?;
+        let foreign: Vec<Pair> = session
             .query(
                 "SELECT tenant_id, event_id FROM usage_event_ids \
-                 WHERE (tenant_id, event_id) IN (SELECT tenant_id, event_id FROM aggregator_lookups WHERE token = ?) \
-                 AND NOT (kafka_partition = ? AND kafka_offset >= ?)",
+                 WHERE (tenant_id, event_id) IN (SELECT tenant_id, event_id FROM claim_lookup) \
+                 AND NOT (kafka_partition = ? AND kafka_offset BETWEEN ? AND ?) LIMIT 1",
             )
-            .bind(token.as_str())
             .bind(plan.kafka_partition)
             .bind(plan.first_offset)
+            .bind(plan.last_offset)
             .fetch_all()
             .await?;
-        Ok(rows.into_iter().map(|pair| (pair.tenant_id, pair.event_id)).collect())
+        if foreign.is_empty() {
+            return Ok(HashSet::new());
+        }
+        // Some pair was claimed elsewhere too: who was first, for each such pair.
+        let lost: Vec<Pair> = session
+            .query(
+                "SELECT tenant_id, event_id FROM usage_event_ids \
+                 WHERE (tenant_id, event_id) IN (SELECT tenant_id, event_id FROM claim_lookup) \
+                 GROUP BY tenant_id, event_id \
+                 HAVING NOT (argMin(kafka_partition, _block_number) = ? \
+                             AND argMin(kafka_offset, _block_number) BETWEEN ? AND ?)",
+            )
+            .bind(plan.kafka_partition)
+            .bind(plan.first_offset)
+            .bind(plan.last_offset)
+            .fetch_all()
+            .await?;
+        Ok(lost.into_iter().map(|claim| (claim.tenant_id, claim.event_id)).collect())
     }
 
-    /// Writes the batch's rows to the three tables at once, each insert under the batch's token.
-    pub async fn store_rows(&self, plan: &Plan, rows: &Rows) -> clickhouse::error::Result<()> {
-        let token = plan.token();
-        tokio::try_join!(
-            self.insert_all("usage_events", &token, &rows.events),
-            self.insert_all("usage_event_ids", &token, &rows.ids),
-            self.insert_all("usage_rollups", &token, &rows.rollups),
+    /// Writes the batch's raw events and rollups to its partition's tables, fenced (see
+    /// [`crate::fence`]): nothing is written once the partition moved past the plan.
+    pub async fn store_rows(&self, plan: &Plan, rows: &Rows) -> clickhouse::error::Result<Written> {
+        let (events, rollups) = (
+            partition_table("usage_events", plan.kafka_partition),
+            partition_table("usage_rollups", plan.kafka_partition),
+        );
+        let written = tokio::try_join!(
+            fence::insert(&self.client, &events, plan, &rows.events),
+            fence::insert(&self.client, &rollups, plan, &rows.rollups),
         )?;
-        Ok(())
+        Ok(if written == (Written::Stored, Written::Stored) { Written::Stored } else { Written::Fenced })
     }
 
     /// Records the batch as stored: the partition resumes after its last offset.

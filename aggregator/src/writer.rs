@@ -11,6 +11,7 @@ use tally_schemas::topics::{HEADER_DLQ_DETAIL, HEADER_DLQ_REASON, HEADER_DLQ_SOU
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{self, DeadLetter, Message, Plan};
+use crate::fence::Written;
 use crate::metrics::AggregatorMetrics;
 use crate::store::{Position, Store};
 
@@ -123,10 +124,15 @@ impl BatchWriter {
 
     /// The partition's stored position, retried with backoff until ClickHouse answers; `None`
     /// when `abandon` is cancelled first.
+    /// Creates the partition's tables first if this process has not yet.
     pub async fn position(&self, topic: &str, partition: u32, abandon: &CancellationToken) -> Option<Position> {
         let mut wait = self.retry.initial;
         loop {
-            match self.store.position(topic, partition).await {
+            let position = match self.store.ensure_partition_tables(partition).await {
+                Ok(()) => self.store.position(topic, partition).await,
+                Err(error) => Err(error),
+            };
+            match position {
                 Ok(position) => return Some(position),
                 Err(error) => {
                     self.metrics.store_failures.with_label_values(&["position"]).inc();
@@ -162,21 +168,26 @@ impl BatchWriter {
         let started = Instant::now();
         let decoded = batch::decode(&plan, messages, &self.catalogue);
         let decoded_at = started.elapsed();
-        let pairs: Vec<(&str, &str)> =
-            decoded.events.iter().map(|(_, event)| (event.tenant_id.as_str(), event.id.as_str())).collect();
-        let counted_before = self.store.counted_before(&plan, &pairs).await.map_err(at("dedup_lookup"))?;
+        let claims = batch::claims(&plan, &decoded.events);
+        let counted_before = self.store.claim(&plan, &claims).await.map_err(at("dedup_lookup"))?;
         let looked_up_at = started.elapsed();
         let rows = batch::assemble(&plan, decoded.events, &counted_before, &self.catalogue);
-        // Every plan, replayed or our own, is written only while it is still the partition's next
-        // batch and the partition still ours: a writer that stalled while another instance took
-        // over and stored this batch stops here instead of inserting it a second time.
         if abandon.is_cancelled() {
             return Ok(Outcome::Abandoned);
         }
-        if self.store.already_stored(&plan).await.map_err(at("position"))? {
+        // The rows are written only while the plan is still the partition's next batch, judged by
+        // the server when it holds them all (see `fence`): a writer that stalled while another
+        // instance stored this batch is refused here instead of storing it a second time.
+        if self.store.store_rows(&plan, &rows).await.map_err(at("insert"))? == Written::Fenced {
+            self.metrics.fenced.inc();
+            tracing::warn!(
+                partition = plan.kafka_partition,
+                first_offset = plan.first_offset,
+                "the partition moved past this batch while it was being stored (another instance stored it); \
+                 nothing written, reloading the partition"
+            );
             return Ok(Outcome::AlreadyStored);
         }
-        self.store.store_rows(&plan, &rows).await.map_err(at("insert"))?;
         let inserted_at = started.elapsed();
         self.dead_letter(&plan, &decoded.dead_letters).await?;
         self.store.checkpoint(&plan).await.map_err(at("checkpoint"))?;
