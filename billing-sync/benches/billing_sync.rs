@@ -76,7 +76,7 @@ fn main() {
                 .unwrap();
         }
         let hour = (Utc::now().timestamp() / 3_600 - 1) * 3_600;
-        let mut insert = ch.client.insert::<RollupRow>("usage_rollups").await.unwrap();
+        let mut insert = ch.client.insert::<RollupRow>("usage_rollups_base").await.unwrap();
         for n in 0..tenants {
             for metric in METRICS {
                 let value = (n as i128 % 1_000 + 1) * 1_000_000_000;

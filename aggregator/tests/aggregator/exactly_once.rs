@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tally_aggregator::batch;
+use tally_aggregator::fence::Written;
 use tally_aggregator::store::Store;
 use tally_testkit::{kafka_config, read_topic};
 
@@ -54,17 +55,20 @@ async fn a_half_written_batch_is_replayed_exactly() {
     let distinct = oracle::distinct_events(&sends);
     harness.send(&harness.publisher(), &sends).await;
 
-    // What a crashed instance left behind: a plan over offsets 0..=199, its raw events stored,
-    // its ids, rollups and checkpoint not.
+    // What a crashed instance left behind: a plan over offsets 0..=199, its claims and raw events
+    // stored, its rollups and checkpoint not.
     let messages = harness.messages(200).await;
     let store = Store::new(harness.ch.client.clone());
     let plan = harness.plan(199, "crashed");
     assert_eq!(store.settle_plan(&plan).await.unwrap(), plan);
     let catalogue = oracle::catalogue();
     let decoded = batch::decode(&plan, &messages, &catalogue);
-    let rows = batch::assemble(&plan, decoded.events, &Default::default(), &catalogue);
-    let partial = batch::Rows { ids: Vec::new(), rollups: Vec::new(), ..rows };
-    store.store_rows(&plan, &partial).await.unwrap();
+    store.ensure_partition_tables(0).await.unwrap();
+    let counted_before = store.claim(&plan, &batch::claims(&plan, &decoded.events)).await.unwrap();
+    assert!(counted_before.is_empty());
+    let rows = batch::assemble(&plan, decoded.events, &counted_before, &catalogue);
+    let partial = batch::Rows { rollups: Vec::new(), ..rows };
+    assert_eq!(store.store_rows(&plan, &partial).await.unwrap(), Written::Stored);
     assert!(harness.counted().await > 0);
 
     let running = harness.spawn("successor").await;

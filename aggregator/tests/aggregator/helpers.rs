@@ -22,6 +22,9 @@ pub struct Harness {
     pub topics: Topics,
     pub ch: TestClickHouse,
     pub group: String,
+    /// `[aggregator] min_dedup_window` of every instance (tests that shrink the tables' windows
+    /// lower it).
+    pub min_dedup_window: u64,
 }
 
 impl Harness {
@@ -38,7 +41,8 @@ impl Harness {
             replication_factor: 1,
         };
         tally_kit::kafka::ensure_topics(&kafka, &topics).await.expect("topics");
-        Self { kafka, topics, ch: TestClickHouse::create().await, group: unique_name("aggregators") }
+        let min_dedup_window = AggregatorConfig::default().aggregator.min_dedup_window;
+        Self { kafka, topics, ch: TestClickHouse::create().await, group: unique_name("aggregators"), min_dedup_window }
     }
 
     /// The configuration of instance `instance`.
@@ -60,6 +64,7 @@ impl Harness {
         section.retry_initial_ms = 50;
         section.retry_max_ms = 1_000;
         section.lag_interval_ms = 1_000;
+        section.min_dedup_window = self.min_dedup_window;
         config
     }
 
@@ -110,6 +115,7 @@ linger_ms = {linger}
 max_batch_events = {max_batch}
 retry_initial_ms = {retry_initial}
 retry_max_ms = {retry_max}
+min_dedup_window = {min_dedup_window}
 [telemetry]
 filter = "warn"
 format = "text"
@@ -126,6 +132,7 @@ format = "text"
             max_batch = s.max_batch_events,
             retry_initial = s.retry_initial_ms,
             retry_max = s.retry_max_ms,
+            min_dedup_window = s.min_dedup_window,
         );
         let path = std::env::temp_dir().join(format!("{}-{instance}.toml", self.group));
         std::fs::write(&path, toml).expect("writing the aggregator's config");

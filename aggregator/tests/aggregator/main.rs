@@ -4,6 +4,8 @@
 
 mod chaos;
 mod exactly_once;
+mod fencing;
 mod helpers;
 mod oracle;
 mod settings;
+mod stalls;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use tally_aggregator::Aggregator;
 use tally_aggregator::batch;
+use tally_aggregator::fence::Written;
 use tally_aggregator::store::Store;
 use tally_kit::producer::Record;
 use tally_schemas::{UsageEvent, ValidationContext};
@@ -27,17 +28,25 @@ async fn a_profile_with_insert_deduplicate_off_changes_nothing() {
     let plan = harness.plan(299, "profile");
     let catalogue = oracle::catalogue();
     let decoded = batch::decode(&plan, &messages, &catalogue);
-    let rows = batch::assemble(&plan, decoded.events, &Default::default(), &catalogue);
+    let claims = batch::claims(&plan, &decoded.events);
+    store.ensure_partition_tables(0).await.unwrap();
+    let mut rows = batch::Rows::default();
+    // Three attempts at the same batch, none of them checkpointed until the last.
     for _ in 0..3 {
         store.settle_plan(&plan).await.unwrap();
-        store.store_rows(&plan, &rows).await.unwrap();
-        store.checkpoint(&plan).await.unwrap();
+        let counted_before = store.claim(&plan, &claims).await.unwrap();
+        assert!(counted_before.is_empty(), "a batch's own earlier claims never count against it");
+        rows = batch::assemble(&plan, decoded.events.clone(), &counted_before, &catalogue);
+        assert_eq!(store.store_rows(&plan, &rows).await.unwrap(), Written::Stored);
     }
+    store.checkpoint(&plan).await.unwrap();
+    store.checkpoint(&plan).await.unwrap();
     let count = |table: &'static str| {
         let client = harness.ch.client.clone();
         async move { client.query(&format!("SELECT count() FROM {table}")).fetch_one::<u64>().await.unwrap() }
     };
-    assert_eq!(count("usage_event_ids").await, rows.ids.len() as u64, "a replay stored nothing twice");
+    assert_eq!(count("usage_event_ids").await, claims.len() as u64, "a replay stored nothing twice");
+    assert_eq!(count("usage_events").await, rows.events.len() as u64);
     assert_eq!(count("usage_rollups").await, rows.rollups.len() as u64);
     assert_eq!(count("aggregator_checkpoints").await, 1);
     assert_eq!(count("aggregator_batches").await, 1);
@@ -52,7 +61,7 @@ async fn startup_refuses_a_table_without_its_dedup_window() {
     harness
         .ch
         .client
-        .query("ALTER TABLE usage_rollups MODIFY SETTING non_replicated_deduplication_window = 10")
+        .query("ALTER TABLE usage_rollups_base MODIFY SETTING non_replicated_deduplication_window = 10")
         .execute()
         .await
         .unwrap();
@@ -60,7 +69,7 @@ async fn startup_refuses_a_table_without_its_dedup_window() {
     let Err(error) = refused else { panic!("startup refuses the table") };
     let message = format!("{error:#}");
     assert!(
-        message.contains("usage_rollups") && message.contains("non_replicated_deduplication_window = 10"),
+        message.contains("usage_rollups_base") && message.contains("non_replicated_deduplication_window = 10"),
         "the message names the table and its setting: {message}"
     );
     let mut lenient = harness.config("lenient");

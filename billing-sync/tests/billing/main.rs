@@ -96,7 +96,7 @@ impl World {
     async fn usage_exact(&self, tenant: &str, metric: &str, hours_ago: i64, amount: &str) {
         let units = amount.parse::<tally_schemas::Quantity>().unwrap().units();
         let hour = (Utc::now().timestamp() / 3_600 - hours_ago) * 3_600;
-        let mut insert = self.ch.client.insert::<RollupRow>("usage_rollups").await.unwrap();
+        let mut insert = self.ch.client.insert::<RollupRow>("usage_rollups_base").await.unwrap();
         for (granularity, start) in [("hour", hour), ("day", hour / 86_400 * 86_400)] {
             let row = RollupRow {
                 granularity,

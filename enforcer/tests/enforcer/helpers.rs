@@ -88,7 +88,7 @@ impl Stores {
             latest: (now.timestamp_nanos_opt().unwrap(), uuid_like(), i128::from(value) * 1_000_000_000),
             distinct_values: Vec::new(),
         };
-        let mut insert = self.ch.client.insert::<RollupRow>("usage_rollups").await.unwrap();
+        let mut insert = self.ch.client.insert::<RollupRow>("usage_rollups_base").await.unwrap();
         insert.write(&row).await.unwrap();
         insert.end().await.unwrap();
     }
