@@ -19,13 +19,75 @@ pub fn peak_rss_mib() -> f64 {
 /// CPU time (user and system) the process has used so far, in seconds; 10 ms resolution
 /// (Linux counts it in ticks of 1/100 s).
 pub fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_of("self")
+}
+
+/// CPU time (user and system, all threads) process `pid` (a number, or `self`) has used so far,
+/// in seconds; NaN when it cannot be read.
+pub fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command name (in parentheses, which may hold spaces): utime and stime
     // are the 12th and 13th.
     let fields: Vec<&str> =
         stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The local stack's engine processes, found by command line: the Kafka-protocol broker and
+/// ClickHouse (see `deploy/local/up.sh`).
+pub fn engine_pids() -> Vec<(&'static str, String)> {
+    let patterns = [("broker", "noida-db start"), ("clickhouse", "clickhouse_server.py")];
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        for (name, pattern) in patterns {
+            if cmdline.contains(pattern) {
+                found.push((name, pid.clone()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// CPU time used by this process and by the stack's engines over a phase.
+#[derive(Debug, Clone)]
+pub struct CpuMeter {
+    started: Vec<(&'static str, String, f64)>,
+}
+
+impl CpuMeter {
+    pub fn start() -> Self {
+        let mut processes = vec![("this process", "self".to_owned())];
+        processes.extend(engine_pids());
+        Self {
+            started: processes
+                .into_iter()
+                .map(|(name, pid)| {
+                    let at = cpu_seconds_of(&pid);
+                    (name, pid, at)
+                })
+                .collect(),
+        }
+    }
+
+    /// CPU microseconds per event of each process since [`CpuMeter::start`], and their sum.
+    pub fn per_event(&self, events: usize) -> Vec<(&'static str, f64)> {
+        let mut shares: Vec<(&'static str, f64)> = self
+            .started
+            .iter()
+            .map(|(name, pid, at)| (*name, (cpu_seconds_of(pid) - at) * 1e6 / events as f64))
+            .collect();
+        let total = shares.iter().map(|(_, us)| us).sum();
+        shares.push(("total", total));
+        shares
+    }
 }
 
 /// (min, median, max) of per-round figures.
