@@ -24,6 +24,7 @@ stop ingest
 stop aggregator
 stop enforcer
 stop stripe-fake
+stop collector
 stop kafka
 stop clickhouse
 # Redis is stopped only if the stack started it (its pid file); the machine's own is left running.

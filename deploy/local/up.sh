@@ -190,6 +190,62 @@ seed_demo() {
   fi
 }
 
+# The demo tenants' own data, as the platform would keep it: `demo` in a database of its own,
+# `demo-schema` in a schema of a shared database; both registered with their isolation model so
+# the collector measures them. Made once.
+seed_tenant_data() {
+  local psql_as=(env PGPASSWORD="$POSTGRES_PASSWORD" psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA)
+  local db
+  for db in tally_demo_tenant tally_demo_shared; do
+    if [ -z "$("${psql_as[@]}" -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]; then
+      "${psql_as[@]}" -d postgres -c "CREATE DATABASE $db" || die "cannot create the demo database $db"
+    fi
+  done
+  "${psql_as[@]}" -d tally_demo_tenant >/dev/null <<'SQL' || die "cannot fill the demo tenant's database"
+SET client_min_messages = warning;
+CREATE TABLE IF NOT EXISTS users (id BIGSERIAL PRIMARY KEY, email TEXT NOT NULL, active BOOLEAN NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);
+INSERT INTO users (email, active) SELECT 'user' || n || '@demo.example', n <= 3 FROM generate_series(1, 4) n
+  WHERE NOT EXISTS (SELECT 1 FROM users);
+INSERT INTO documents (body) SELECT repeat(md5(n::text), 40) FROM generate_series(1, 2000) n
+  WHERE NOT EXISTS (SELECT 1 FROM documents);
+SQL
+  "${psql_as[@]}" -d tally_demo_shared >/dev/null <<'SQL' || die "cannot fill the demo shared database"
+SET client_min_messages = warning;
+CREATE SCHEMA IF NOT EXISTS demo_schema;
+CREATE TABLE IF NOT EXISTS demo_schema.users (id BIGSERIAL PRIMARY KEY, email TEXT NOT NULL, active BOOLEAN NOT NULL);
+INSERT INTO demo_schema.users (email, active) SELECT 'user' || n || '@schema.example', true FROM generate_series(1, 7) n
+  WHERE NOT EXISTS (SELECT 1 FROM demo_schema.users);
+SQL
+  "${psql_as[@]}" -d tally >/dev/null <<SQL || die "cannot register the demo tenants' isolation"
+UPDATE tenant SET isolation_model = 'database', database_url = '$(postgres_url tally_demo_tenant)' WHERE id = 'demo';
+INSERT INTO tenant (id, name, tier, isolation_model, database_url, schema_name)
+  VALUES ('demo-schema', 'Demo tenant in a schema', 'PREMIUM', 'schema', '$(postgres_url tally_demo_shared)', 'demo_schema')
+  ON CONFLICT (id) DO NOTHING;
+SQL
+}
+
+# Waits until the enforcer shows the demo tenant's storage as the collector measured it.
+show_collected() {
+  local measured=""
+  for _ in $(seq 1 60); do
+    measured=$(python3 - "http://127.0.0.1:$ENFORCER_PORT" "$(cat "$STACK_DIR/demo-key")" <<'PY' 2>/dev/null || true
+import json, sys, urllib.request
+base, key = sys.argv[1], sys.argv[2]
+request = urllib.request.Request(f"{base}/v1/tenants/demo/limits", headers={"Authorization": f"Bearer {key}"})
+with urllib.request.urlopen(request, timeout=5) as response:
+    limits = json.load(response)
+if limits["storage_bytes"]["reported"] > 0:
+    print(f"{limits['storage_bytes']['reported']} bytes, {limits['users']['reported']} active users")
+PY
+    )
+    [ -n "$measured" ] && break
+    sleep 0.5
+  done
+  [ -n "$measured" ] || die "the collector's measurement did not reach the enforcer within 30 s: see $LOG_DIR/collector.log"
+  say "collector: the demo tenant's own database measured at $measured"
+}
+
 send_first_event() {
   python3 - "http://127.0.0.1:$INGEST_PORT/v1/events" "$(cat "$STACK_DIR/demo-key")" <<'PY'
 import datetime, json, sys, urllib.request, uuid
@@ -310,8 +366,11 @@ main() {
   TALLY_STRIPE_FAKE_STATE=$STACK_DIR/stripe-fake.json start_service stripe-fake "$STRIPE_FAKE_PORT" \
     TALLY_STRIPE_FAKE_LISTEN /_fake/health
   seed_demo
+  seed_tenant_data
+  start_service collector "$COLLECTOR_PORT" TALLY_COLLECTOR__LISTEN
   send_first_event || die "the first event was not accepted: see $LOG_DIR/ingest.log"
   show_counted
+  show_collected
   show_enforced
   sync_billing
   cat <<DONE
@@ -327,6 +386,8 @@ Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
   Enforcer         http://127.0.0.1:$ENFORCER_PORT/v1/check/rate  (/v1/check/users, /v1/check/storage, /v1/check,
                    /v1/tenants/{id}/limits; /livez /readyz /metrics; Envoy RLS gRPC on 127.0.0.1:8083;
                    send a key: the demo key, or tally-admin api-key create --service; rate state in Redis)
+  Collector        http://127.0.0.1:$COLLECTOR_PORT/metrics  (/livez /readyz; measures the demo tenants' databases
+                   every 5 minutes: storage_bytes and active_users)
   Redis            redis://127.0.0.1:$REDIS_PORT
 Environment for services and tests:  source $STACK_DIR/env
 Stop it with:                        deploy/local/down.sh

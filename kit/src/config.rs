@@ -34,6 +34,7 @@ pub const KNOWN_SECTIONS: &[&str] = &[
     "topics",
     "aggregator",
     "billing",
+    "collector",
 ];
 const ENV_SEPARATOR: &str = "__";
 

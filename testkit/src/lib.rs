@@ -13,6 +13,7 @@
 pub mod bench;
 mod broker;
 mod redis;
+pub mod tenant_data;
 
 pub use broker::TestBroker;
 pub use redis::{TestRedis, TestRedisCluster, redis_prefix, redis_url};
