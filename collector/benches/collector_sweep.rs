@@ -18,9 +18,23 @@ use sqlx::{Connection, PgConnection};
 use tally_collector::Collector;
 use tally_collector::config::{CollectorConfig, EmitVia};
 use tally_schemas::Topics;
-use tally_testkit::bench::{arg, peak_rss_mib, spread};
+use tally_testkit::bench::{arg, peak_rss_mib, process_cpu_seconds, spread};
 use tally_testkit::tenant_data::{create_database, drop_database, pool_of, register, url_of};
 use tally_testkit::{TestPostgres, kafka_config, unique_name};
+
+/// CPU seconds PostgreSQL's backends have used so far: the postmaster's reaped children (every
+/// backend of a closed connection) plus its own, read from `/proc`.
+async fn postgres_cpu_seconds(admin: &sqlx::PgPool) -> f64 {
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(admin).await.unwrap();
+    let stat = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields = |text: String| -> Vec<String> {
+        text.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect()).unwrap_or_default()
+    };
+    let postmaster = fields(stat(&backend.to_string())).get(1).cloned().unwrap_or_default();
+    let own = fields(stat(&postmaster));
+    let ticks = |i: usize| own.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0
+}
 
 async fn sequential(urls: &[String]) -> f64 {
     let started = Instant::now();
@@ -94,8 +108,11 @@ fn main() {
         let collector = Collector::new(config).unwrap();
 
         let (mut baseline, mut swept, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
+        let per_tenant_ms = |seconds: f64| seconds * 1e3 / tenants as f64;
         for round in 1..=rounds {
+            let (pg, me) = (postgres_cpu_seconds(&admin).await, process_cpu_seconds());
             baseline.push(sequential(&urls).await);
+            let (pg_mid, me_mid) = (postgres_cpu_seconds(&admin).await, process_cpu_seconds());
             let done = Arc::new(AtomicI64::new(0));
             let watcher = watch_connections(tally_testkit::tenant_data::admin_url(), done.clone());
             let report = collector.sweep().await.unwrap();
@@ -103,6 +120,15 @@ fn main() {
             peaks.push(watcher.await.unwrap());
             assert_eq!((report.measured.len(), report.failures.len()), (tenants, 0));
             swept.push(report.seconds);
+            let (pg_end, me_end) = (postgres_cpu_seconds(&admin).await, process_cpu_seconds());
+            println!(
+                "  CPU ms per tenant: sequential — PostgreSQL {:.2}, bench process {:.2}; collector — PostgreSQL {:.2}, \
+                 collector {:.2}",
+                per_tenant_ms(pg_mid - pg),
+                per_tenant_ms(me_mid - me),
+                per_tenant_ms(pg_end - pg_mid),
+                per_tenant_ms(me_end - me_mid)
+            );
             println!(
                 "round {round}: sequential {:.2} s, collector {:.2} s ({:.1} ×), peak connections {}",
                 baseline[round - 1],
