@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::CollectorSection;
 use crate::registry::{Isolation, Tenant};
@@ -131,21 +131,15 @@ impl Measurer {
             Ok(Err(error)) => return Err(connect_failure(error)),
             Ok(Ok(connection)) => connection,
         };
-        // One statement in the simple protocol: one round trip, nothing to prepare on a connection
-        // that is used once.
+        // One statement, not kept prepared: the connection is used once.
         let sql = format!(
             "SELECT pg_database_size(current_database())::bigint, ({})::bigint",
             self.section.users_sql_database.trim().trim_end_matches(';')
         );
-        let measured = async {
-            let row = sqlx::raw_sql(&sql).fetch_one(&mut connection).await.map_err(query_failure)?;
-            let storage_bytes: i64 = row.try_get(0).map_err(query_failure)?;
-            let active_users: i64 = row.try_get(1).map_err(query_failure)?;
-            Ok(Measurement { storage_bytes, active_users })
-        }
-        .await;
+        let row: Result<(i64, i64), _> = sqlx::query_as(&sql).persistent(false).fetch_one(&mut connection).await;
         let _closed = connection.close().await;
-        measured
+        let (storage_bytes, active_users) = row.map_err(query_failure)?;
+        Ok(Measurement { storage_bytes, active_users })
     }
 
     async fn schema(&self, url: &str, schema: &str) -> Result<Measurement, Failure> {

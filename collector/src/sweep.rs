@@ -7,6 +7,7 @@
 //! once per tenant (the dedup key is (tenant, id)).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -84,26 +85,31 @@ pub async fn sweep(
         }
     }
     let budget = Duration::from_millis(section.connect_timeout_ms + 2 * section.statement_timeout_ms + 1_000);
-    let shares = &shares;
-    let outcomes: Vec<(Tenant, Result<Measurement, Failure>)> = stream::iter(tenants)
-        .map(|tenant| async move {
-            let shared = match &tenant.isolation {
-                Isolation::Shared { url } => match shares.get(url) {
-                    Some(Ok(by_tenant)) => Some(by_tenant.get(&tenant.id).copied().unwrap_or(0)),
-                    Some(Err(failure)) => return (tenant, Err(failure.clone())),
-                    None => None,
-                },
-                _ => None,
-            };
-            let outcome = match tokio::time::timeout(budget, measurer.measure(&tenant, shared)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Failure { reason: "timeout", detail: format!("not measured within {budget:?}") }),
-            };
-            (tenant, outcome)
+    // Each tenant's future owns what it uses, so the sweep is `Send` and can be spawned.
+    let shares = Arc::new(shares);
+    let measurements: Vec<_> = tenants
+        .into_iter()
+        .map(|tenant| {
+            let (measurer, shares) = (measurer.clone(), Arc::clone(&shares));
+            async move {
+                let shared = match &tenant.isolation {
+                    Isolation::Shared { url } => match shares.get(url) {
+                        Some(Ok(by_tenant)) => Some(by_tenant.get(&tenant.id).copied().unwrap_or(0)),
+                        Some(Err(failure)) => return (tenant, Err(failure.clone())),
+                        None => None,
+                    },
+                    _ => None,
+                };
+                let outcome = match tokio::time::timeout(budget, measurer.measure(&tenant, shared)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(Failure { reason: "timeout", detail: format!("not measured within {budget:?}") }),
+                };
+                (tenant, outcome)
+            }
         })
-        .buffer_unordered(section.concurrency.max(1))
-        .collect()
-        .await;
+        .collect();
+    let outcomes: Vec<(Tenant, Result<Measurement, Failure>)> =
+        stream::iter(measurements).buffer_unordered(section.concurrency.max(1)).collect().await;
 
     let slot = slot(now, section.interval_secs);
     let mut deliveries = Vec::new();

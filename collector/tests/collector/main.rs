@@ -149,3 +149,94 @@ async fn one_sweep_measures_every_model_as_postgresql_reports_it() {
     }
     world.drop().await;
 }
+
+/// A read-only monitoring role measures a tenant database (and can change nothing in it).
+#[tokio::test]
+async fn a_read_only_monitoring_role_measures_what_the_owner_sees() {
+    let registry = tally_testkit::TestPostgres::create().await;
+    let name = unique_name("tally_monitored").replace('-', "_");
+    let url = create_database(&name, 4, 1, 50).await;
+    register(&registry.pool, "monitored", "database", Some(&url), None).await;
+    let role = unique_name("tally_monitor").replace('-', "_");
+    let tenant_pool = pool_of(&url);
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'monitor-secret'"),
+        format!("GRANT CONNECT ON DATABASE \"{name}\" TO {role}"),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT ON public.users TO {role}"),
+    ] {
+        sqlx::query(&statement).execute(&tenant_pool).await.unwrap();
+    }
+    let topics = Topics {
+        usage_events: unique_name("monitored"),
+        dead_letter: unique_name("monitored-dlq"),
+        ..Topics::default()
+    };
+    tally_kit::kafka::ensure_topics(&kafka_config(), &topics).await.unwrap();
+    let mut config = CollectorConfig {
+        postgres: registry.config.clone(),
+        kafka: kafka_config(),
+        topics: topics.clone(),
+        ..CollectorConfig::default()
+    };
+    config.collector.monitor_user = role.clone();
+    config.collector.monitor_password = Secret::new("monitor-secret");
+    let report = Collector::new(config).unwrap().sweep().await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let size = scalar(&url, "SELECT pg_database_size(current_database())").await;
+    let measured = &report.measured[0].1;
+    assert_eq!((measured.storage_bytes, measured.active_users), (size, 4));
+    // The role reads; it cannot write.
+    let (_, server_and_database) = url.split_once('@').unwrap();
+    let monitor_url = format!("postgres://{role}:monitor-secret@{server_and_database}");
+    let monitor = pool_of(&monitor_url);
+    let refused = sqlx::query("INSERT INTO users (email, active) VALUES ('x', true)").execute(&monitor).await;
+    assert!(refused.is_err(), "the monitoring role is read-only");
+    monitor.close().await;
+    tenant_pool.close().await;
+    drop_database(&name).await;
+    sqlx::query(&format!("DROP ROLE {role}")).execute(&registry.pool).await.unwrap();
+    registry.drop_database().await;
+    tally_testkit::delete_topics(&kafka_config(), &[&topics.usage_events, &topics.dead_letter]).await;
+}
+
+/// A database dropped while the sweep runs (after the registry was read, before its turn) is
+/// reported, and the tenant after it is measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_dropped_mid_sweep_is_reported_and_the_rest_measured() {
+    let registry = tally_testkit::TestPostgres::create().await;
+    // Measured one at a time in id order: `a-hanging` holds the sweep for its connect timeout.
+    let (silent, _held) = silent_server().await;
+    register(&registry.pool, "a-hanging", "database", Some(&format!("postgres://u:p@{silent}/x")), None).await;
+    let (gone, kept) = (unique_name("tally_dropped").replace('-', "_"), unique_name("tally_kept").replace('-', "_"));
+    let gone_url = create_database(&gone, 1, 0, 5).await;
+    let kept_url = create_database(&kept, 2, 0, 5).await;
+    register(&registry.pool, "b-dropped", "database", Some(&gone_url), None).await;
+    register(&registry.pool, "c-kept", "database", Some(&kept_url), None).await;
+    let topics =
+        Topics { usage_events: unique_name("dropped"), dead_letter: unique_name("dropped-dlq"), ..Topics::default() };
+    tally_kit::kafka::ensure_topics(&kafka_config(), &topics).await.unwrap();
+    let mut config = CollectorConfig {
+        postgres: registry.config.clone(),
+        kafka: kafka_config(),
+        topics: topics.clone(),
+        ..CollectorConfig::default()
+    };
+    config.collector.concurrency = 1;
+    config.collector.connect_timeout_ms = 2_000;
+    let collector = Collector::new(config).unwrap();
+    // Spawned, as a service runtime would: the sweep is `Send`.
+    let sweeping = tokio::spawn(async move { collector.sweep().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop_database(&gone).await;
+    let report = sweeping.await.unwrap();
+    let failures: BTreeMap<&str, &str> = report.failures.iter().map(|(t, r, _)| (t.as_str(), *r)).collect();
+    assert_eq!(failures, BTreeMap::from([("a-hanging", "connect_timeout"), ("b-dropped", "missing_database")]));
+    assert_eq!(
+        report.measured.iter().map(|(t, m)| (t.as_str(), m.active_users)).collect::<Vec<_>>(),
+        vec![("c-kept", 2)]
+    );
+    drop_database(&kept).await;
+    registry.drop_database().await;
+    tally_testkit::delete_topics(&kafka_config(), &[&topics.usage_events, &topics.dead_letter]).await;
+}
