@@ -13,7 +13,7 @@ use tally_schemas::{Topics, UsageEvent};
 use tally_testkit::tenant_data::{
     TenantWorld, create_database, drop_database, pool_of, register, silent_server, url_of,
 };
-use tally_testkit::{kafka_config, read_topic, unique_name};
+use tally_testkit::{TestPostgres, kafka_config, read_topic, unique_name};
 
 struct World {
     tenants: TenantWorld,
@@ -24,14 +24,8 @@ struct World {
 impl World {
     async fn create() -> Self {
         let tenants = TenantWorld::create().await;
-        let topics = Topics {
-            usage_events: unique_name("collected"),
-            dead_letter: unique_name("collected-dlq"),
-            partitions: 2,
-            ..Topics::default()
-        };
-        tally_kit::kafka::ensure_topics(&kafka_config(), &topics).await.unwrap();
-        let config = collector_config(&tenants, &topics);
+        let (topics, config) = emitting_to("collected", &tenants.registry).await;
+        let config = for_world(&tenants, config);
         Self { tenants, topics, config }
     }
 
@@ -52,14 +46,26 @@ impl World {
     }
 }
 
-/// The collector's config for a tenant world, emitting to `topics`.
-fn collector_config(tenants: &TenantWorld, topics: &Topics) -> CollectorConfig {
-    let mut config = CollectorConfig {
-        postgres: tenants.registry.config.clone(),
+/// Fresh topics (`prefix`…) and a collector config reading `registry` and emitting to them.
+async fn emitting_to(prefix: &str, registry: &TestPostgres) -> (Topics, CollectorConfig) {
+    let topics = Topics {
+        usage_events: unique_name(prefix),
+        dead_letter: unique_name(&format!("{prefix}-dlq")),
+        partitions: 2,
+        ..Topics::default()
+    };
+    tally_kit::kafka::ensure_topics(&kafka_config(), &topics).await.unwrap();
+    let config = CollectorConfig {
+        postgres: registry.config.clone(),
         kafka: kafka_config(),
         topics: topics.clone(),
         ..CollectorConfig::default()
     };
+    (topics, config)
+}
+
+/// The collector's config for a tenant world: the shared database and its shared table.
+fn for_world(tenants: &TenantWorld, mut config: CollectorConfig) -> CollectorConfig {
     let section = &mut config.collector;
     section.emit = EmitVia::Kafka;
     section.shared_database_url = Secret::new(tenants.shared_url.clone());
@@ -153,7 +159,7 @@ async fn one_sweep_measures_every_model_as_postgresql_reports_it() {
 /// A read-only monitoring role measures a tenant database (and can change nothing in it).
 #[tokio::test]
 async fn a_read_only_monitoring_role_measures_what_the_owner_sees() {
-    let registry = tally_testkit::TestPostgres::create().await;
+    let registry = TestPostgres::create().await;
     let name = unique_name("tally_monitored").replace('-', "_");
     let url = create_database(&name, 4, 1, 50).await;
     register(&registry.pool, "monitored", "database", Some(&url), None).await;
@@ -167,18 +173,7 @@ async fn a_read_only_monitoring_role_measures_what_the_owner_sees() {
     ] {
         sqlx::query(&statement).execute(&tenant_pool).await.unwrap();
     }
-    let topics = Topics {
-        usage_events: unique_name("monitored"),
-        dead_letter: unique_name("monitored-dlq"),
-        ..Topics::default()
-    };
-    tally_kit::kafka::ensure_topics(&kafka_config(), &topics).await.unwrap();
-    let mut config = CollectorConfig {
-        postgres: registry.config.clone(),
-        kafka: kafka_config(),
-        topics: topics.clone(),
-        ..CollectorConfig::default()
-    };
+    let (topics, mut config) = emitting_to("monitored", &registry).await;
     config.collector.monitor_user = role.clone();
     config.collector.monitor_password = Secret::new("monitor-secret");
     let report = Collector::new(config).unwrap().sweep().await.unwrap();
@@ -204,7 +199,7 @@ async fn a_read_only_monitoring_role_measures_what_the_owner_sees() {
 /// reported, and the tenant after it is measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_dropped_mid_sweep_is_reported_and_the_rest_measured() {
-    let registry = tally_testkit::TestPostgres::create().await;
+    let registry = TestPostgres::create().await;
     // Measured one at a time in id order: `a-hanging` holds the sweep for its connect timeout.
     let (silent, _held) = silent_server().await;
     register(&registry.pool, "a-hanging", "database", Some(&format!("postgres://u:p@{silent}/x")), None).await;
@@ -213,15 +208,7 @@ async fn a_database_dropped_mid_sweep_is_reported_and_the_rest_measured() {
     let kept_url = create_database(&kept, 2, 0, 5).await;
     register(&registry.pool, "b-dropped", "database", Some(&gone_url), None).await;
     register(&registry.pool, "c-kept", "database", Some(&kept_url), None).await;
-    let topics =
-        Topics { usage_events: unique_name("dropped"), dead_letter: unique_name("dropped-dlq"), ..Topics::default() };
-    tally_kit::kafka::ensure_topics(&kafka_config(), &topics).await.unwrap();
-    let mut config = CollectorConfig {
-        postgres: registry.config.clone(),
-        kafka: kafka_config(),
-        topics: topics.clone(),
-        ..CollectorConfig::default()
-    };
+    let (topics, mut config) = emitting_to("dropped", &registry).await;
     config.collector.concurrency = 1;
     config.collector.connect_timeout_ms = 2_000;
     let collector = Collector::new(config).unwrap();
