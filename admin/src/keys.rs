@@ -14,12 +14,16 @@ pub enum KeyCommand {
     /// Create a key; prints the token once (it is stored only hashed).
     Create {
         /// A tenant key: it acts for this tenant only.
-        #[arg(long, required_unless_present_any = ["admin", "service"], conflicts_with_all = ["admin", "service"])]
+        #[arg(long, required_unless_present_any = ["admin", "service", "analyst"], conflicts_with_all = ["admin", "service", "analyst"])]
         tenant: Option<String>,
         /// A service key (API gateway, Envoy, an emitter for many tenants): sends usage for and
         /// checks any tenant, reads no tenant's limits or denials.
-        #[arg(long, conflicts_with = "admin")]
+        #[arg(long, conflicts_with_all = ["admin", "analyst"])]
         service: bool,
+        /// An analyst key (analysts, finance, the console): reads every tenant's usage and
+        /// limits, sends and checks nothing.
+        #[arg(long, conflicts_with = "admin")]
+        analyst: bool,
         /// An admin key: everything, for every tenant.
         #[arg(long)]
         admin: bool,
@@ -44,17 +48,19 @@ pub async fn run(config: &AdminConfig, command: KeyCommand) -> anyhow::Result<St
     let pool = tally_kit::postgres::pool(&config.postgres)?;
     let mut report = String::new();
     match command {
-        KeyCommand::Create { tenant, service, admin: _, label } => {
+        KeyCommand::Create { tenant, service, analyst, admin: _, label } => {
             let tenant = tenant.as_deref().map(tenant_id).transpose()?;
-            let scope = match (&tenant, service) {
-                (Some(_), _) => Scope::Tenant,
-                (None, true) => Scope::Service,
-                (None, false) => Scope::Admin,
+            let scope = match (&tenant, service, analyst) {
+                (Some(_), _, _) => Scope::Tenant,
+                (None, true, _) => Scope::Service,
+                (None, false, true) => Scope::Analyst,
+                (None, false, false) => Scope::Admin,
             };
             let key = auth::create_key(&pool, scope, tenant.as_ref(), &label).await.context("creating the key")?;
             let scope = match (scope, tenant) {
                 (Scope::Tenant, Some(t)) => format!("tenant {t}"),
                 (Scope::Service, _) => "service (checks and usage of any tenant)".to_owned(),
+                (Scope::Analyst, _) => "analyst (reads any tenant's usage and limits)".to_owned(),
                 _ => "admin (any tenant)".to_owned(),
             };
             writeln!(report, "created key {} for {scope}; the token is shown only now:", key.prefix)?;

@@ -25,6 +25,7 @@ stop aggregator
 stop enforcer
 stop stripe-fake
 stop collector
+stop query
 stop kafka
 stop clickhouse
 # Redis is stopped only if the stack started it (its pid file); the machine's own is left running.

@@ -274,6 +274,25 @@ show_counted() {
   echo "$counted"
 }
 
+# Asks the query API for the demo tenant's usage this month, per UTC day, with the demo key.
+show_queried() {
+  local answer
+  answer=$(python3 - "http://127.0.0.1:$QUERY_PORT" "$(cat "$STACK_DIR/demo-key")" <<'PY'
+import datetime, json, sys, urllib.parse, urllib.request
+base, key = sys.argv[1], sys.argv[2]
+now = datetime.datetime.now(datetime.timezone.utc)
+start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+end = (now + datetime.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+query = urllib.parse.urlencode({"metric": "api_calls", "from": start.isoformat(), "to": end.isoformat(), "window": "day"})
+request = urllib.request.Request(f"{base}/v1/usage?{query}", headers={"Authorization": f"Bearer {key}"})
+with urllib.request.urlopen(request, timeout=10) as response:
+    rows = json.load(response)["rows"]
+print("; ".join(f"{r['window_start'][:10]} {r['metric']} {r['sum']} ({r['count']} events)" for r in rows) or "no usage yet")
+PY
+  ) || die "the query API did not answer for the demo tenant: see $LOG_DIR/query.log"
+  say "query API (demo, api_calls per day this month): $answer"
+}
+
 # Asks the enforcer about the demo tenant: one rate check and its limits with current usage.
 show_enforced() {
   local answer
@@ -370,6 +389,8 @@ main() {
   start_service collector "$COLLECTOR_PORT" TALLY_COLLECTOR__LISTEN
   send_first_event || die "the first event was not accepted: see $LOG_DIR/ingest.log"
   show_counted
+  start_service query "$QUERY_PORT" TALLY_QUERY__LISTEN
+  show_queried
   show_collected
   show_enforced
   sync_billing
@@ -388,6 +409,8 @@ Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
                    send a key: the demo key, or tally-admin api-key create --service; rate state in Redis)
   Collector        http://127.0.0.1:$COLLECTOR_PORT/metrics  (/livez /readyz; measures the demo tenants' databases
                    every 5 minutes: storage_bytes and active_users)
+  Query API        http://127.0.0.1:$QUERY_PORT/v1/usage  (usage per window in any time zone, JSON or CSV;
+                   /openapi.yaml /livez /readyz /metrics; a tenant key, or tally-admin api-key create --analyst)
   Redis            redis://127.0.0.1:$REDIS_PORT
 Environment for services and tests:  source $STACK_DIR/env
 Stop it with:                        deploy/local/down.sh

@@ -141,7 +141,7 @@ impl Access {
                 Ok(tenant)
             } else {
                 Err(Refusal::Forbidden(format!(
-                    "{} may not read tenant {tenant}: use that tenant's key or an admin key",
+                    "{} may not read tenant {tenant}: use that tenant's key, an analyst key or an admin key",
                     principal.describe()
                 )))
             }

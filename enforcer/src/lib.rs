@@ -108,15 +108,8 @@ impl Enforcer {
         let standing = checks.alerts.load(&pool).await.context("reading standing storage alerts")?;
         tracing::debug!(standing, "standing storage alerts loaded");
         let clickhouse = tally_kit::clickhouse::client(&config.clickhouse);
-        let ping = clickhouse.clone();
-        ops.add_check("clickhouse", move || {
-            let client = ping.clone();
-            async move { tally_kit::clickhouse::ping(&client).await.map_err(|e| e.to_string()) }
-        });
-        ops.add_check("postgres", move || {
-            let pool = pool.clone();
-            async move { tally_kit::postgres::ping(&pool).await.map_err(|e| e.to_string()) }
-        });
+        ops.check_clickhouse(clickhouse.clone());
+        ops.check_postgres(pool);
         let router = Router::new()
             .route("/v1/check", post(api::check_all))
             .route("/v1/check/rate", post(api::check_rate))

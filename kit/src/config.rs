@@ -35,6 +35,7 @@ pub const KNOWN_SECTIONS: &[&str] = &[
     "aggregator",
     "billing",
     "collector",
+    "query",
 ];
 const ENV_SEPARATOR: &str = "__";
 

@@ -104,6 +104,22 @@ impl Ops {
         lock(&self.inner.checks).push((name, check));
     }
 
+    /// Readiness needs ClickHouse to answer `SELECT 1`.
+    pub fn check_clickhouse(&self, client: clickhouse::Client) {
+        self.add_check("clickhouse", move || {
+            let client = client.clone();
+            async move { crate::clickhouse::ping(&client).await.map_err(|e| e.to_string()) }
+        });
+    }
+
+    /// Readiness needs PostgreSQL to answer.
+    pub fn check_postgres(&self, pool: sqlx::PgPool) {
+        self.add_check("postgres", move || {
+            let pool = pool.clone();
+            async move { crate::postgres::ping(&pool).await.map_err(|e| e.to_string()) }
+        });
+    }
+
     /// A heartbeat for a loop; `/livez` fails when it is silent for longer than `max_silence`.
     pub fn heartbeat(&self, name: &'static str, max_silence: Duration) -> Heartbeat {
         let heartbeat = Heartbeat { started: Instant::now(), last_beat_ms: Arc::new(AtomicU64::new(0)) };

@@ -15,10 +15,12 @@
 //!   `Retry-After`) with the same event ids, so a retry never counts twice.
 //! * **Backpressure**: at most `buffer_events` wait; `emit` waits for room, `try_emit` refuses.
 //! * **Direct to Kafka** (feature `kafka`): [`Emitter::kafka`] produces to the usage topic itself.
+//! * **Reading usage back**: [`query::UsageClient`] asks `tally-query`'s `/v1/usage`.
 
 mod http;
 #[cfg(feature = "kafka")]
 mod kafka;
+pub mod query;
 mod worker;
 
 use std::time::Duration;

@@ -30,6 +30,8 @@ pub enum Scope {
     Service,
     /// Everything, for every tenant.
     Admin,
+    /// Reads every tenant's usage and limits (analysts, finance); acts for none.
+    Analyst,
 }
 
 impl Scope {
@@ -38,6 +40,7 @@ impl Scope {
             Scope::Tenant => "tenant",
             Scope::Service => "service",
             Scope::Admin => "admin",
+            Scope::Analyst => "analyst",
         }
     }
 }
@@ -56,7 +59,8 @@ impl FromStr for Scope {
             "tenant" => Ok(Scope::Tenant),
             "service" => Ok(Scope::Service),
             "admin" => Ok(Scope::Admin),
-            other => Err(format!("unknown key scope {other:?}: one of tenant, service, admin")),
+            "analyst" => Ok(Scope::Analyst),
+            other => Err(format!("unknown key scope {other:?}: one of tenant, service, admin, analyst")),
         }
     }
 }
@@ -154,6 +158,7 @@ impl KeyStore {
             }
             (Ok(Scope::Service), None) => Principal::Service,
             (Ok(Scope::Admin), None) => Principal::Admin,
+            (Ok(Scope::Analyst), None) => Principal::Analyst,
             _ => return Err(Lookup::Missing),
         };
         Ok(StoredKey { secret_hash, principal })
@@ -250,7 +255,7 @@ mod tests {
 
     #[test]
     fn scopes_round_trip() {
-        for scope in [Scope::Tenant, Scope::Service, Scope::Admin] {
+        for scope in [Scope::Tenant, Scope::Service, Scope::Admin, Scope::Analyst] {
             assert_eq!(scope.as_str().parse::<Scope>(), Ok(scope));
         }
         assert!("root".parse::<Scope>().is_err());

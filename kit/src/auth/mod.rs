@@ -23,6 +23,8 @@ pub enum Principal {
     Service,
     /// An admin key: everything.
     Admin,
+    /// An analyst key: reads every tenant's usage and limits, acts for none.
+    Analyst,
 }
 
 impl Principal {
@@ -31,6 +33,7 @@ impl Principal {
         match self {
             Principal::Tenant(own) => own.as_str() == tenant,
             Principal::Service | Principal::Admin => true,
+            Principal::Analyst => false,
         }
     }
 
@@ -38,7 +41,7 @@ impl Principal {
     pub fn may_read(&self, tenant: &str) -> bool {
         match self {
             Principal::Tenant(own) => own.as_str() == tenant,
-            Principal::Admin => true,
+            Principal::Admin | Principal::Analyst => true,
             Principal::Service => false,
         }
     }
@@ -49,6 +52,7 @@ impl Principal {
             Principal::Tenant(own) => format!("a key of tenant {own}"),
             Principal::Service => "a service key".to_owned(),
             Principal::Admin => "an admin key".to_owned(),
+            Principal::Analyst => "an analyst key".to_owned(),
         }
     }
 }
@@ -119,5 +123,6 @@ mod tests {
         assert!(!acme.may_act_for("globex") && !acme.may_read("globex"));
         assert!(Principal::Service.may_act_for("globex") && !Principal::Service.may_read("globex"));
         assert!(Principal::Admin.may_act_for("globex") && Principal::Admin.may_read("globex"));
+        assert!(!Principal::Analyst.may_act_for("globex") && Principal::Analyst.may_read("globex"));
     }
 }

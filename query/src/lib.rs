@@ -1,0 +1,78 @@
+//! Tally's usage query service: `GET`/`POST /v1/usage` answers usage per window (minute, hour,
+//! day, month or one total) in any IANA time zone, per tenant, metric and event attribute, as JSON
+//! or CSV, exactly, from the rollups (or the raw events when grouping or filtering by attribute).
+//! See `query/openapi.yaml` (served at `/openapi.yaml`) and the README's "Query" section.
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod render;
+pub mod request;
+pub mod sql;
+pub mod windows;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use axum::routing::get;
+use tally_kit::auth::Authenticator;
+use tally_kit::ops::{HttpServer, Ops};
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::QueryConfig;
+use crate::metrics::QueryMetrics;
+
+/// The OpenAPI document of the API.
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+/// A bound, ready query service.
+#[derive(Debug)]
+pub struct QueryService {
+    server: HttpServer,
+    router: Router,
+    stopping: CancellationToken,
+}
+
+impl QueryService {
+    pub async fn build(config: QueryConfig, stopping: CancellationToken) -> anyhow::Result<Self> {
+        let ops = Ops::new("query", stopping.clone());
+        let metrics = QueryMetrics::register(ops.registry()).context("registering metrics")?;
+        let pool = tally_kit::postgres::pool(&config.postgres).context("[postgres] url")?;
+        let authenticator = Authenticator::new(pool.clone(), &config.auth).map_err(anyhow::Error::msg)?;
+        let clickhouse = tally_kit::clickhouse::client(&config.clickhouse);
+        ops.check_clickhouse(clickhouse.clone());
+        ops.check_postgres(pool);
+        let service = Arc::new(api::Service {
+            clickhouse,
+            authenticator,
+            catalogue: config.metrics,
+            bounds: config.query.clone(),
+            metrics,
+        });
+        let router = Router::new()
+            .route("/v1/usage", get(api::get_usage).post(api::post_usage))
+            .route("/v1/metrics", get(api::metrics_catalogue))
+            .layer(DefaultBodyLimit::max(64 * 1024))
+            .with_state(service)
+            .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
+            .merge(ops.router());
+        let server = HttpServer::bind(config.query.listen)
+            .await
+            .with_context(|| format!("binding {} ([query] listen)", config.query.listen))?;
+        Ok(Self { server, router, stopping })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `stopping` is cancelled, then finishes in-flight requests.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.server.local_addr(), "query service listening");
+        self.server.serve(self.router, self.stopping).await.context("serving the query API")
+    }
+}

@@ -1,0 +1,152 @@
+//! Answer rows as JSON or CSV. Decimals are exact strings; times are RFC 3339 in the query's zone.
+//! A counter shows `count` and `sum`, a gauge `count`, `latest`, `latest_at` and `max`, a unique
+//! metric `count` and `distinct`.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use tally_schemas::{MetricKind, Quantity};
+
+use crate::request::UsageQuery;
+use crate::sql::UsageRow;
+use crate::windows;
+
+fn decimal(units: i128) -> String {
+    Quantity::from_units(units).to_string()
+}
+
+fn kind_of(query: &UsageQuery, metric: &str) -> MetricKind {
+    query.metrics.iter().find(|(name, _, _)| name == metric).map_or(MetricKind::Counter, |(_, kind, _)| *kind)
+}
+
+fn kind_name(kind: MetricKind) -> &'static str {
+    match kind {
+        MetricKind::Counter => "counter",
+        MetricKind::Gauge => "gauge",
+        MetricKind::Unique => "unique",
+    }
+}
+
+/// The window `[start, end)` of a row.
+fn window_of(query: &UsageQuery, bucket: u32) -> (DateTime<Utc>, DateTime<Utc>) {
+    let start = DateTime::from_timestamp(i64::from(bucket), 0).unwrap_or(query.from);
+    match query.boundaries.binary_search(&start) {
+        Ok(index) if index + 1 < query.boundaries.len() => (start, query.boundaries[index + 1]),
+        _ => {
+            let end = query.window.map_or(query.to, |window| windows::next(window, query.zone, start));
+            (start, end)
+        }
+    }
+}
+
+fn latest_at(query: &UsageQuery, nanos: i64) -> String {
+    let at = DateTime::from_timestamp_nanos(nanos).with_timezone(&query.zone);
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// One row as a JSON object.
+pub fn json_row(query: &UsageQuery, row: &UsageRow) -> Value {
+    let (start, end) = window_of(query, row.bucket);
+    let kind = kind_of(query, &row.metric);
+    let mut object = Map::new();
+    object.insert("window_start".into(), json!(windows::show(query.zone, start)));
+    object.insert("window_end".into(), json!(windows::show(query.zone, end)));
+    if query.by_tenant {
+        object.insert("tenant_id".into(), json!(row.tenant));
+    }
+    object.insert("metric".into(), json!(row.metric));
+    if !query.attributes.is_empty() {
+        let group: Map<String, Value> =
+            query.attributes.iter().zip(&row.groups).map(|(key, value)| (key.clone(), json!(value))).collect();
+        object.insert("group".into(), Value::Object(group));
+    }
+    object.insert("kind".into(), json!(kind_name(kind)));
+    object.insert("count".into(), json!(row.events));
+    match kind {
+        MetricKind::Counter => {
+            object.insert("sum".into(), json!(decimal(row.value_sum)));
+        }
+        MetricKind::Gauge => {
+            object.insert("latest".into(), json!(decimal(row.latest_value)));
+            object.insert("latest_at".into(), json!(latest_at(query, row.latest_at)));
+            object.insert("max".into(), json!(decimal(row.value_max)));
+        }
+        MetricKind::Unique => {
+            object.insert("distinct".into(), json!(row.distinct_count));
+        }
+    }
+    Value::Object(object)
+}
+
+/// The whole JSON answer.
+pub fn json_answer(query: &UsageQuery, rows: &[UsageRow]) -> Value {
+    json!({
+        "from": windows::show(query.zone, query.from),
+        "to": windows::show(query.zone, query.to),
+        "window": query.window.map(|w| w.as_str()),
+        "time_zone": query.zone.name(),
+        "source": query.source.map_or("events", |g| g.as_str()),
+        "rows": rows.iter().map(|row| json_row(query, row)).collect::<Vec<_>>(),
+    })
+}
+
+fn csv_field(out: &mut String, value: &str) {
+    if value.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&value.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(value);
+    }
+}
+
+/// The CSV header line.
+pub fn csv_header(query: &UsageQuery) -> String {
+    let mut columns: Vec<String> = vec!["window_start".into(), "window_end".into()];
+    if query.by_tenant {
+        columns.push("tenant_id".into());
+    }
+    columns.push("metric".into());
+    columns.extend(query.attributes.iter().cloned());
+    columns.extend(["kind", "count", "sum", "latest", "latest_at", "max", "distinct"].map(String::from));
+    let mut line = String::new();
+    for (index, column) in columns.iter().enumerate() {
+        if index > 0 {
+            line.push(',');
+        }
+        csv_field(&mut line, column);
+    }
+    line.push_str("\r\n");
+    line
+}
+
+/// One row as a CSV line: the same values as [`json_row`], empty where a kind has none.
+pub fn csv_row(query: &UsageQuery, row: &UsageRow, out: &mut String) {
+    let (start, end) = window_of(query, row.bucket);
+    let kind = kind_of(query, &row.metric);
+    let mut fields: Vec<String> = vec![windows::show(query.zone, start), windows::show(query.zone, end)];
+    if query.by_tenant {
+        fields.push(row.tenant.clone());
+    }
+    fields.push(row.metric.clone());
+    fields.extend(row.groups.iter().map(|value| value.clone().unwrap_or_default()));
+    fields.push(kind_name(kind).to_owned());
+    fields.push(row.events.to_string());
+    let empty = String::new;
+    let (sum, latest, at, max, distinct) = match kind {
+        MetricKind::Counter => (decimal(row.value_sum), empty(), empty(), empty(), empty()),
+        MetricKind::Gauge => {
+            (empty(), decimal(row.latest_value), latest_at(query, row.latest_at), decimal(row.value_max), empty())
+        }
+        MetricKind::Unique => (empty(), empty(), empty(), empty(), row.distinct_count.to_string()),
+    };
+    fields.extend([sum, latest, at, max, distinct]);
+    for (index, field) in fields.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        csv_field(out, field);
+    }
+    let _ = write!(out, "\r\n");
+}
