@@ -171,20 +171,8 @@ pub fn decode(plan: &Plan, messages: &[Message], catalogue: &MetricCatalogue) ->
     decoded
 }
 
-/// One row of `usage_events`.
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
-pub struct EventRow {
-    pub tenant_id: String,
-    pub event_id: String,
-    pub metric: String,
-    pub value: i128,
-    pub timestamp: i64,
-    pub source: String,
-    pub attributes: Vec<(String, String)>,
-    pub ingested_at: i64,
-    pub kafka_partition: u32,
-    pub kafka_offset: u64,
-}
+/// One row of `usage_events` (the shared contract).
+pub use tally_kit::rollups::EventRow;
 
 /// One row of `usage_event_ids`.
 #[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]

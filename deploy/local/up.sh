@@ -72,11 +72,14 @@ apt_install() {
 }
 
 # Tools the tests run besides the stack: Redis servers of their own (outage and cluster tests),
-# openssl (RSA keys for JWTs), faketime (a replica whose clock is minutes off).
+# openssl (RSA keys for JWTs), faketime (a replica whose clock is minutes off), Chromium and
+# chromedriver (the console's browser test).
 ensure_test_tools() {
   command -v redis-server >/dev/null || apt_install redis-server
   command -v openssl >/dev/null || apt_install openssl
   command -v faketime >/dev/null || apt_install faketime
+  # The console's browser test: headless Chromium driven through chromedriver.
+  { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
   if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version >/dev/null 2>&1; then
     say "installing schemathesis $SCHEMATHESIS_VERSION (PyPI) into $SCHEMATHESIS_VENV"
     make_venv "$SCHEMATHESIS_VENV"
@@ -146,6 +149,7 @@ export TALLY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export TALLY_ENFORCER__RATE__STORE=redis
 export TALLY_ENFORCER__RATE__REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export TALLY_TEST_SCHEMATHESIS=$SCHEMATHESIS_VENV/bin/schemathesis
+export TALLY_QUERY__ENFORCER_URL=http://127.0.0.1:$ENFORCER_PORT
 ENV
 }
 
@@ -187,6 +191,11 @@ seed_demo() {
   if [ ! -s "$STACK_DIR/demo-key" ]; then
     admin api-key create --tenant demo --label local-demo | grep '^tly_' >"$STACK_DIR/demo-key" \
       || die "cannot create the demo API key"
+  fi
+  # The console's sign-in key: reads every tenant's usage and limits, sends and checks nothing.
+  if [ ! -s "$STACK_DIR/analyst-key" ]; then
+    admin api-key create --analyst --label local-console | grep '^tly_' >"$STACK_DIR/analyst-key" \
+      || die "cannot create the console's analyst key"
   fi
 }
 
@@ -291,6 +300,20 @@ print("; ".join(f"{r['window_start'][:10]} {r['metric']} {r['sum']} ({r['count']
 PY
   ) || die "the query API did not answer for the demo tenant: see $LOG_DIR/query.log"
   say "query API (demo, api_calls per day this month): $answer"
+  answer=$(python3 - "http://127.0.0.1:$QUERY_PORT" "$(cat "$STACK_DIR/analyst-key")" <<'PY'
+import json, sys, urllib.request
+base, key = sys.argv[1], sys.argv[2]
+with urllib.request.urlopen(f"{base}/console", timeout=10) as response:
+    assert b"/console/app.js" in response.read(), "the console page is not the console"
+request = urllib.request.Request(f"{base}/v1/tenants/demo/limits", headers={"Authorization": f"Bearer {key}"})
+with urllib.request.urlopen(request, timeout=10) as response:
+    limits = json.load(response)
+storage = limits["storage_bytes"]
+print(f"demo {limits['tier']}: users {limits['users']['used']} of {limits['users']['limit']}, "
+      f"storage {storage['used']} of {storage['limit']} bytes (alert at {limits['storage_alert_bytes']})")
+PY
+  ) || die "the console or its limits (query service → enforcer) did not answer: see $LOG_DIR/query.log"
+  say "console ready, limits through the query service: $answer"
 }
 
 # Asks the enforcer about the demo tenant: one rate check and its limits with current usage.
@@ -410,7 +433,9 @@ Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
   Collector        http://127.0.0.1:$COLLECTOR_PORT/metrics  (/livez /readyz; measures the demo tenants' databases
                    every 5 minutes: storage_bytes and active_users)
   Query API        http://127.0.0.1:$QUERY_PORT/v1/usage  (usage per window in any time zone, JSON or CSV;
-                   /openapi.yaml /livez /readyz /metrics; a tenant key, or tally-admin api-key create --analyst)
+                   /v1/tenants, /v1/tenants/{id}/limits; /openapi.yaml /livez /readyz /metrics;
+                   a tenant key, or tally-admin api-key create --analyst)
+  Console          http://127.0.0.1:$QUERY_PORT/console  (sign in with the analyst key in $STACK_DIR/analyst-key)
   Redis            redis://127.0.0.1:$REDIS_PORT
 Environment for services and tests:  source $STACK_DIR/env
 Stop it with:                        deploy/local/down.sh

@@ -1,5 +1,5 @@
 //! The ClickHouse rollup contract shared by the services: the window sizes, one row of
-//! `usage_rollups` (see `schemas/clickhouse/0002_aggregator.sql`; the aggregator writes it), and
+//! `usage_events` and of `usage_rollups` (see `schemas/clickhouse/0002_aggregator.sql`; the aggregator writes it), and
 //! the current-usage read model over it (the enforcer reads it; `aggregator/ANALYSTS.md`,
 //! "Current usage").
 //!
@@ -45,6 +45,25 @@ impl Granularity {
         // Every component above is in range for any valid date, so flooring cannot fail.
         floored.map_or(at, |naive| Utc.from_utc_datetime(&naive))
     }
+}
+
+/// One row of `usage_events`: a counted event, once (the aggregator writes it; the query service
+/// reads it for attribute group-bys and filters).
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct EventRow {
+    pub tenant_id: String,
+    pub event_id: String,
+    pub metric: String,
+    /// Units of 10⁻⁹.
+    pub value: i128,
+    /// Nanoseconds since the epoch.
+    pub timestamp: i64,
+    pub source: String,
+    pub attributes: Vec<(String, String)>,
+    /// Milliseconds since the epoch.
+    pub ingested_at: i64,
+    pub kafka_partition: u32,
+    pub kafka_offset: u64,
 }
 
 /// One row of `usage_rollups` (see `schemas/clickhouse/0002_aggregator.sql`).

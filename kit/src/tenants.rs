@@ -47,3 +47,40 @@ impl TenantDirectory {
             .await
     }
 }
+
+/// A tenant as a list of tenants shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct TenantSummary {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub tier: String,
+}
+
+/// Up to `limit` tenants whose id sorts after `after`, in id order; with `search`, only those
+/// whose id or name contains it (case-insensitive).
+pub async fn list(
+    pool: &PgPool,
+    after: Option<&str>,
+    search: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TenantSummary>, sqlx::Error> {
+    // `search` is matched literally: LIKE's wildcards in it are escaped.
+    let pattern = search.map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    sqlx::query_as(
+        "SELECT id, name, status, tier FROM tenant \
+         WHERE ($1::text IS NULL OR id > $1) AND ($2::text IS NULL OR id ILIKE $2 OR name ILIKE $2) \
+         ORDER BY id LIMIT $3",
+    )
+    .persistent(false)
+    .bind(after)
+    .bind(pattern)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One tenant's summary, or `None` when the registry has no such tenant.
+pub async fn summary(pool: &PgPool, id: &str) -> Result<Option<TenantSummary>, sqlx::Error> {
+    sqlx::query_as("SELECT id, name, status, tier FROM tenant WHERE id = $1").bind(id).fetch_optional(pool).await
+}

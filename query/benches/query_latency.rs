@@ -92,6 +92,10 @@ async fn main() {
             "one day by region (raw events)",
             "metric=api_calls&group_by=region&window=day&from=2026-11-15T00:00:00Z&to=2026-11-16T00:00:00Z",
         ),
+        (
+            "the month per day per tenant, CSV (streamed)",
+            "metric=api_calls&group_by=tenant&window=day&from=2026-11-01&to=2026-12-01&format=csv",
+        ),
     ];
     println!("| query | rows | API p50 / p99 ms | direct p50 / p99 ms | API / direct (p50) |");
     println!("|---|---|---|---|---|");

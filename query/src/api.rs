@@ -1,4 +1,5 @@
-//! The HTTP API: `GET`/`POST /v1/usage`, `GET /v1/metrics`. Every request needs a key: a tenant
+//! The HTTP API: `GET`/`POST /v1/usage`, `GET /v1/metrics` (the tenant endpoints are in
+//! [`crate::tenants`]). Every request needs a key: a tenant
 //! key (or a JWT's tenant claim) reads only its own tenant, an analyst or admin key every tenant,
 //! a service key none.
 
@@ -6,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,14 +17,20 @@ use tally_schemas::MetricCatalogue;
 
 use crate::config::QuerySection;
 use crate::metrics::QueryMetrics;
-use crate::render;
 use crate::request::{self, BadParameter, Format, RawRequest, UsageQuery};
 use crate::sql;
+use crate::stream::{self, Fetched};
+use crate::tenants::EnforcerLink;
+use crate::{fill, render};
 
 /// What every handler shares.
 #[derive(Debug)]
 pub struct Service {
     pub clickhouse: clickhouse::Client,
+    /// The platform's tenant registry.
+    pub registry: sqlx::PgPool,
+    /// `None`: no `[query] enforcer_url`, so no limits.
+    pub enforcer: Option<EnforcerLink>,
     pub authenticator: Authenticator,
     pub catalogue: MetricCatalogue,
     pub bounds: QuerySection,
@@ -40,7 +47,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         Self { status, reason, message: message.into(), parameter: None }
     }
 }
@@ -68,7 +75,7 @@ impl IntoResponse for Refusal {
 }
 
 impl Service {
-    async fn principal(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
+    pub(crate) async fn principal(&self, headers: &HeaderMap) -> Result<Principal, Refusal> {
         let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         self.authenticator.authenticate(authorization).await.map_err(|error| match error {
             AuthError::Unavailable(_) => {
@@ -120,6 +127,21 @@ fn wants_csv(query: &UsageQuery, headers: &HeaderMap) -> bool {
     }
 }
 
+fn store_unavailable(error: clickhouse::error::Error) -> Refusal {
+    tracing::warn!(error = %error, "usage query failed");
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("the usage store did not answer: {error}"),
+    )
+}
+
+fn csv_response(body: Body) -> Response {
+    let disposition = "attachment; filename=\"usage.csv\"";
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8"), (header::CONTENT_DISPOSITION, disposition)], body)
+        .into_response()
+}
+
 async fn answer(
     service: &Service,
     headers: &HeaderMap,
@@ -130,16 +152,30 @@ async fn answer(
     scope(&principal, &mut query)?;
     // Past the service's bound a query is refused rather than cut short; an asked-for limit cuts.
     let fetch = if query.limit_given { query.limit } else { query.limit + 1 };
-    let mut rows = sql::fetch(&service.clickhouse, &query, fetch, service.bounds.max_execution_time_secs)
-        .await
-        .map_err(|error| {
-            tracing::warn!(error = %error, "usage query failed");
-            Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                format!("the usage store did not answer: {error}"),
-            )
+    let seconds = service.bounds.max_execution_time_secs;
+    let csv = wants_csv(&query, headers);
+    let mut rows = if csv && !query.fill_zero {
+        let hold = service.bounds.stream_after_rows;
+        match stream::fetch(&service.clickhouse, &query, fetch, seconds, hold).await.map_err(store_unavailable)? {
+            Fetched::Whole(rows) => rows,
+            Fetched::Streaming(head, cursor) => {
+                let bound = (!query.limit_given).then_some(query.limit);
+                let body = stream::csv_body(query, &head, cursor, bound, service.metrics.rows.clone());
+                return Ok(csv_response(body));
+            }
+        }
+    } else {
+        sql::fetch(&service.clickhouse, &query, fetch, seconds).await.map_err(store_unavailable)?
+    };
+    if query.fill_zero {
+        rows = fill::zero_filled(&query, rows, service.bounds.max_rows as u64).ok_or_else(|| BadParameter {
+            parameter: "fill".to_owned(),
+            message: format!(
+                "every window of every group is more than {} rows: narrow the range or the tenants, or a coarser window",
+                service.bounds.max_rows
+            ),
         })?;
+    }
     if !query.limit_given && rows.len() as u64 > query.limit {
         return Err(BadParameter {
             parameter: "limit".to_owned(),
@@ -152,27 +188,34 @@ async fn answer(
     }
     rows.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
     service.metrics.rows.inc_by(rows.len() as u64);
-    if wants_csv(&query, headers) {
+    if csv {
         let mut body = render::csv_header(&query);
         for row in &rows {
             render::csv_row(&query, row, &mut body);
         }
-        let disposition = "attachment; filename=\"usage.csv\"";
-        return Ok((
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8"), (header::CONTENT_DISPOSITION, disposition)],
-            body,
-        )
-            .into_response());
+        return Ok(csv_response(Body::from(body)));
     }
     Ok(Json(render::json_answer(&query, &rows)).into_response())
 }
 
+impl Service {
+    /// Counts the answer (or the refusal) of a `GET` to `endpoint`.
+    pub(crate) fn finish_other(&self, endpoint: &'static str, result: Result<Response, Refusal>) -> Response {
+        self.finish(endpoint, "GET", result)
+    }
+
+    fn finish(&self, endpoint: &'static str, method: &'static str, result: Result<Response, Refusal>) -> Response {
+        let response = result.unwrap_or_else(|refusal| {
+            self.metrics.refusals.with_label_values(&[refusal.reason]).inc();
+            refusal.into_response()
+        });
+        self.metrics.requests.with_label_values(&[endpoint, method, response.status().as_str()]).inc();
+        response
+    }
+}
+
 fn finish(service: &Service, started: Instant, method: &'static str, result: Result<Response, Refusal>) -> Response {
-    let response = result.unwrap_or_else(|refusal| {
-        service.metrics.refusals.with_label_values(&[refusal.reason]).inc();
-        refusal.into_response()
-    });
-    service.metrics.requests.with_label_values(&[method, response.status().as_str()]).inc();
+    let response = service.finish("usage", method, result);
     service.metrics.seconds.observe(started.elapsed().as_secs_f64());
     response
 }
@@ -198,15 +241,13 @@ pub async fn post_usage(State(service): State<Arc<Service>>, headers: HeaderMap,
 
 /// `GET /v1/metrics`: the metric catalogue (name, kind, unit, description).
 pub async fn metrics_catalogue(State(service): State<Arc<Service>>, headers: HeaderMap) -> Response {
-    match service.principal(&headers).await {
-        Ok(_) => {
-            let metrics: Vec<_> = service
-                .catalogue
-                .iter()
-                .map(|(name, def)| json!({ "name": name.as_str(), "kind": def.kind, "unit": def.unit, "description": def.description }))
-                .collect();
-            Json(json!({ "metrics": metrics })).into_response()
-        }
-        Err(refusal) => refusal.into_response(),
-    }
+    let result = service.principal(&headers).await.map(|_| {
+        let metrics: Vec<_> = service
+            .catalogue
+            .iter()
+            .map(|(name, def)| json!({ "name": name.as_str(), "kind": def.kind, "unit": def.unit, "description": def.description }))
+            .collect();
+        Json(json!({ "metrics": metrics })).into_response()
+    });
+    service.finish_other("metrics", result)
 }

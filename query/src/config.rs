@@ -1,5 +1,5 @@
 //! The query service's configuration: ClickHouse, the platform database (keys, tenants), the
-//! metric catalogue, and `[query]`.
+//! metric catalogue, and `[query]` (bounds, and where the enforcer answers limits).
 
 use std::net::SocketAddr;
 
@@ -42,6 +42,11 @@ pub struct QuerySection {
     pub max_rows: usize,
     /// ClickHouse's `max_execution_time` for every query.
     pub max_execution_time_secs: u32,
+    /// Rows a CSV answer holds in memory; a longer one streams (see [`crate::stream`]).
+    pub stream_after_rows: usize,
+    /// The enforcer's HTTP address (e.g. `http://enforcer:8082`), which answers
+    /// `/v1/tenants/{id}/limits` for the console; unset, the console shows no limits.
+    pub enforcer_url: Option<String>,
 }
 
 impl Default for QuerySection {
@@ -53,6 +58,8 @@ impl Default for QuerySection {
             max_tenants: 1_000,
             max_rows: 200_000,
             max_execution_time_secs: 10,
+            stream_after_rows: 5_000,
+            enforcer_url: None,
         }
     }
 }

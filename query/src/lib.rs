@@ -5,10 +5,14 @@
 
 pub mod api;
 pub mod config;
+pub mod console;
+pub mod fill;
 pub mod metrics;
 pub mod render;
 pub mod request;
 pub mod sql;
+pub mod stream;
+pub mod tenants;
 pub mod windows;
 
 use std::net::SocketAddr;
@@ -45,9 +49,12 @@ impl QueryService {
         let authenticator = Authenticator::new(pool.clone(), &config.auth).map_err(anyhow::Error::msg)?;
         let clickhouse = tally_kit::clickhouse::client(&config.clickhouse);
         ops.check_clickhouse(clickhouse.clone());
-        ops.check_postgres(pool);
+        ops.check_postgres(pool.clone());
+        let enforcer = config.query.enforcer_url.as_deref().map(tenants::EnforcerLink::new).transpose()?;
         let service = Arc::new(api::Service {
             clickhouse,
+            registry: pool,
+            enforcer,
             authenticator,
             catalogue: config.metrics,
             bounds: config.query.clone(),
@@ -56,9 +63,12 @@ impl QueryService {
         let router = Router::new()
             .route("/v1/usage", get(api::get_usage).post(api::post_usage))
             .route("/v1/metrics", get(api::metrics_catalogue))
+            .route("/v1/tenants", get(tenants::list_tenants))
+            .route("/v1/tenants/{id}/limits", get(tenants::tenant_limits))
             .layer(DefaultBodyLimit::max(64 * 1024))
             .with_state(service)
             .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
+            .merge(console::router())
             .merge(ops.router());
         let server = HttpServer::bind(config.query.listen)
             .await

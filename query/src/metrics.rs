@@ -4,7 +4,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Regi
 
 #[derive(Debug, Clone)]
 pub struct QueryMetrics {
-    /// `tally_query_requests_total{method,status}`.
+    /// `tally_query_requests_total{endpoint,method,status}`.
     pub requests: IntCounterVec,
     /// `tally_query_refusals_total{reason}`.
     pub refusals: IntCounterVec,
@@ -15,14 +15,22 @@ pub struct QueryMetrics {
 }
 
 /// Refusal reasons, pre-created at 0 so dashboards see them before the first one.
-pub const REFUSAL_REASONS: [&str; 5] =
-    ["invalid_parameter", "unauthenticated", "forbidden", "auth_unavailable", "store_unavailable"];
+pub const REFUSAL_REASONS: [&str; 8] = [
+    "invalid_parameter",
+    "unauthenticated",
+    "forbidden",
+    "auth_unavailable",
+    "store_unavailable",
+    "registry_unavailable",
+    "enforcer_not_configured",
+    "enforcer_unavailable",
+];
 
 impl QueryMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
-            Opts::new("query_requests_total", "Usage queries answered, by method and status"),
-            &["method", "status"],
+            Opts::new("query_requests_total", "API requests answered, by endpoint, method and status"),
+            &["endpoint", "method", "status"],
         )?;
         let refusals =
             IntCounterVec::new(Opts::new("query_refusals_total", "Usage queries refused, by reason"), &["reason"])?;

@@ -1,6 +1,6 @@
 //! Answer rows as JSON or CSV. Decimals are exact strings; times are RFC 3339 in the query's zone.
 //! A counter shows `count` and `sum`, a gauge `count`, `latest`, `latest_at` and `max`, a unique
-//! metric `count` and `distinct`.
+//! metric `count` and `distinct`; a filled window without events, a gauge's values as null.
 
 use std::fmt::Write as _;
 
@@ -66,6 +66,12 @@ pub fn json_row(query: &UsageQuery, row: &UsageRow) -> Value {
     match kind {
         MetricKind::Counter => {
             object.insert("sum".into(), json!(decimal(row.value_sum)));
+        }
+        // A filled window without events has no latest value.
+        MetricKind::Gauge if row.events == 0 => {
+            object.insert("latest".into(), Value::Null);
+            object.insert("latest_at".into(), Value::Null);
+            object.insert("max".into(), Value::Null);
         }
         MetricKind::Gauge => {
             object.insert("latest".into(), json!(decimal(row.latest_value)));
@@ -136,6 +142,7 @@ pub fn csv_row(query: &UsageQuery, row: &UsageRow, out: &mut String) {
     let empty = String::new;
     let (sum, latest, at, max, distinct) = match kind {
         MetricKind::Counter => (decimal(row.value_sum), empty(), empty(), empty(), empty()),
+        MetricKind::Gauge if row.events == 0 => (empty(), empty(), empty(), empty(), empty()),
         MetricKind::Gauge => {
             (empty(), decimal(row.latest_value), latest_at(query, row.latest_at), decimal(row.value_max), empty())
         }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::Deserialize;
 use tally_kit::rollups::Granularity;
@@ -66,6 +66,8 @@ pub struct RawRequest {
     pub limit: Option<u64>,
     pub order_by: Option<String>,
     pub format: Option<String>,
+    /// `zero`: a row for every window of every group, with zero counts where nothing happened.
+    pub fill: Option<String>,
 }
 
 impl RawRequest {
@@ -89,6 +91,7 @@ impl RawRequest {
                 "time_zone" => single(&mut raw.time_zone, "time_zone")?,
                 "order_by" => single(&mut raw.order_by, "order_by")?,
                 "format" => single(&mut raw.format, "format")?,
+                "fill" => single(&mut raw.fill, "fill")?,
                 "limit" => {
                     let limit = value.parse().map_err(|_| bad("limit", format!("{value:?} is not a whole number")))?;
                     raw.limit = Some(limit);
@@ -109,7 +112,7 @@ impl RawRequest {
 }
 
 const UNKNOWN_PARAMETER: &str = "unknown parameter; known: metric, from, to, window, time_zone, tenant, group_by, \
-     filter[<attribute>], limit, order_by, format";
+     filter[<attribute>], limit, order_by, format, fill";
 
 /// A group-by dimension.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,17 +168,28 @@ pub struct UsageQuery {
     pub limit_given: bool,
     pub order: Order,
     pub format: Option<Format>,
+    /// Whether windows without events get a zero row (per group; see [`crate::fill`]).
+    pub fill_zero: bool,
     /// The window starts (`[from]` without a window), then `to`.
     pub boundaries: Vec<DateTime<Utc>>,
     /// The rollups read; `None`: the raw events (attribute group-by or filters).
     pub source: Option<Granularity>,
 }
 
-fn instant(parameter: &str, raw: Option<&str>) -> Result<DateTime<Utc>, BadParameter> {
-    let raw = raw.ok_or_else(|| bad(parameter, "required: an RFC 3339 time, e.g. 2026-11-01T00:00:00Z"))?;
-    DateTime::parse_from_rfc3339(raw)
-        .map(|at| at.with_timezone(&Utc))
-        .map_err(|e| bad(parameter, format!("{raw:?} is not an RFC 3339 time ({e}), e.g. 2026-11-01T00:00:00Z")))
+/// An RFC 3339 time, or a date (`2026-11-01`): the start of that day in `zone`.
+fn instant(parameter: &str, raw: Option<&str>, zone: Tz) -> Result<DateTime<Utc>, BadParameter> {
+    let raw = raw.ok_or_else(|| {
+        bad(parameter, "required: an RFC 3339 time, e.g. 2026-11-01T00:00:00Z, or a date in time_zone, e.g. 2026-11-01")
+    })?;
+    if let Ok(date) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        return Ok(windows::day_start(zone, date));
+    }
+    DateTime::parse_from_rfc3339(raw).map(|at| at.with_timezone(&Utc)).map_err(|e| {
+        bad(
+            parameter,
+            format!("{raw:?} is not an RFC 3339 time ({e}) or a date: e.g. 2026-11-01T00:00:00Z or 2026-11-01"),
+        )
+    })
 }
 
 fn attribute_name(parameter: &str, name: &str) -> Result<String, BadParameter> {
@@ -239,8 +253,8 @@ pub fn check(raw: RawRequest, catalogue: &MetricCatalogue, bounds: &QuerySection
             bad("window", format!("{name:?}: one of minute, hour, day, month (or leave it out for one total)"))
         })?),
     };
-    let from = instant("from", raw.from.as_deref())?;
-    let to = instant("to", raw.to.as_deref())?;
+    let from = instant("from", raw.from.as_deref(), zone)?;
+    let to = instant("to", raw.to.as_deref(), zone)?;
     if to <= from {
         return Err(bad("to", "must be after `from`"));
     }
@@ -327,6 +341,13 @@ pub fn check(raw: RawRequest, catalogue: &MetricCatalogue, bounds: &QuerySection
         Some("csv") => Some(Format::Csv),
         Some(other) => return Err(bad("format", format!("{other:?}: json or csv"))),
     };
+    let order = order(raw.order_by.as_deref())?;
+    let fill_zero = match raw.fill.as_deref() {
+        None | Some("" | "none") => false,
+        Some("zero") if order == Order::Window => true,
+        Some("zero") => return Err(bad("fill", "zero fills windows in window order: leave order_by out")),
+        Some(other) => return Err(bad("fill", format!("{other:?}: zero (or none)"))),
+    };
     let source = if attributes.is_empty() && filters.is_empty() {
         Some(windows::source_granularity(boundaries.iter().copied()).ok_or_else(|| {
             bad("time_zone", format!("{zone}'s windows do not fall on whole UTC minutes in this range"))
@@ -346,8 +367,9 @@ pub fn check(raw: RawRequest, catalogue: &MetricCatalogue, bounds: &QuerySection
         filters,
         limit,
         limit_given,
-        order: order(raw.order_by.as_deref())?,
+        order,
         format,
+        fill_zero,
         boundaries,
         source,
     })

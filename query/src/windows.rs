@@ -58,6 +58,11 @@ fn midnight(date: NaiveDate) -> NaiveDateTime {
     date.and_hms_opt(0, 0, 0).unwrap_or_default()
 }
 
+/// The first instant of `date` in `zone` (midnight, or when a DST gap at midnight ends).
+pub fn day_start(zone: Tz, date: NaiveDate) -> DateTime<Utc> {
+    resolve(zone, midnight(date))
+}
+
 /// The start of the `window` holding `at`, in `zone`.
 pub fn floor(window: Window, zone: Tz, at: DateTime<Utc>) -> DateTime<Utc> {
     let local = at.with_timezone(&zone).naive_local();

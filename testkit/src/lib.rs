@@ -12,6 +12,7 @@
 
 pub mod bench;
 mod broker;
+pub mod browser;
 mod redis;
 pub mod tenant_data;
 

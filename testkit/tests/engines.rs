@@ -7,11 +7,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use clickhouse::Row;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::{Deserialize, Serialize};
+use tally_kit::rollups::EventRow;
 use tally_testkit::{TestClickHouse, TestPostgres, TestTopic, unique_name};
 
 fn producer(topic: &TestTopic) -> FutureProducer {
@@ -111,20 +110,6 @@ async fn kafka_keys_partition_by_tenant_and_groups_resume_from_committed_offsets
     // the process exit releases both consumers instead.
     std::mem::forget(first);
     std::mem::forget(second);
-}
-
-#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-struct EventRow {
-    tenant_id: String,
-    event_id: String,
-    metric: String,
-    value: i128,
-    timestamp: i64,
-    source: String,
-    attributes: Vec<(String, String)>,
-    ingested_at: i64,
-    kafka_partition: u32,
-    kafka_offset: u64,
 }
 
 fn rows(offsets: std::ops::Range<u64>) -> Vec<EventRow> {
