@@ -250,6 +250,18 @@ async fn an_analyst_sees_a_tenants_usage_per_window_against_its_limits() {
     browser.wait_for("#limits[data-state=ready]", WAIT).await.unwrap();
     browser.quit().await;
 
+    // The limits endpoint answers as its document says, with a real enforcer behind it.
+    let options = ["--include-path", "/v1/tenants/{id}/limits"];
+    for key in [&analyst, &acme_key] {
+        tally_testkit::schemathesis::fuzz(
+            &format!("{base}/openapi.yaml"),
+            key,
+            &["positive_data_acceptance"],
+            &options,
+        )
+        .await;
+    }
+
     // Through the query service, a tenant key reads its own limits only; the enforcer gone is a 502.
     let (status, proxied) = get(&http, &format!("{base}/v1/tenants/acme/limits"), &acme_key).await;
     assert_eq!(status, 200);

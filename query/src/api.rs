@@ -190,8 +190,9 @@ async fn answer(
     service.metrics.rows.inc_by(rows.len() as u64);
     if csv {
         let mut body = render::csv_header(&query);
+        let mut writer = render::CsvRows::default();
         for row in &rows {
-            render::csv_row(&query, row, &mut body);
+            writer.write(&query, row, &mut body);
         }
         return Ok(csv_response(Body::from(body)));
     }

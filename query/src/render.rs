@@ -127,33 +127,49 @@ pub fn csv_header(query: &UsageQuery) -> String {
     line
 }
 
-/// One row as a CSV line: the same values as [`json_row`], empty where a kind has none.
-pub fn csv_row(query: &UsageQuery, row: &UsageRow, out: &mut String) {
-    let (start, end) = window_of(query, row.bucket);
-    let kind = kind_of(query, &row.metric);
-    let mut fields: Vec<String> = vec![windows::show(query.zone, start), windows::show(query.zone, end)];
-    if query.by_tenant {
-        fields.push(row.tenant.clone());
-    }
-    fields.push(row.metric.clone());
-    fields.extend(row.groups.iter().map(|value| value.clone().unwrap_or_default()));
-    fields.push(kind_name(kind).to_owned());
-    fields.push(row.events.to_string());
-    let empty = String::new;
-    let (sum, latest, at, max, distinct) = match kind {
-        MetricKind::Counter => (decimal(row.value_sum), empty(), empty(), empty(), empty()),
-        MetricKind::Gauge if row.events == 0 => (empty(), empty(), empty(), empty(), empty()),
-        MetricKind::Gauge => {
-            (empty(), decimal(row.latest_value), latest_at(query, row.latest_at), decimal(row.value_max), empty())
+/// Writes CSV rows, remembering the last window's labels: rows come window by window, and
+/// formatting two times per row would be most of a row's cost.
+#[derive(Debug, Default)]
+pub struct CsvRows {
+    labels: Option<(u32, String, String)>,
+}
+
+impl CsvRows {
+    /// One row as a CSV line: the same values as [`json_row`], empty where a kind has none.
+    pub fn write(&mut self, query: &UsageQuery, row: &UsageRow, out: &mut String) {
+        if self.labels.as_ref().is_none_or(|(bucket, _, _)| *bucket != row.bucket) {
+            let (start, end) = window_of(query, row.bucket);
+            self.labels = Some((row.bucket, windows::show(query.zone, start), windows::show(query.zone, end)));
         }
-        MetricKind::Unique => (empty(), empty(), empty(), empty(), row.distinct_count.to_string()),
-    };
-    fields.extend([sum, latest, at, max, distinct]);
-    for (index, field) in fields.iter().enumerate() {
-        if index > 0 {
+        let Some((_, start, end)) = &self.labels else { return };
+        let kind = kind_of(query, &row.metric);
+        out.push_str(start);
+        out.push(',');
+        out.push_str(end);
+        if query.by_tenant {
             out.push(',');
+            csv_field(out, &row.tenant);
         }
-        csv_field(out, field);
+        out.push(',');
+        csv_field(out, &row.metric);
+        for value in &row.groups {
+            out.push(',');
+            csv_field(out, value.as_deref().unwrap_or_default());
+        }
+        let _ = write!(out, ",{},{}", kind_name(kind), row.events);
+        match kind {
+            MetricKind::Counter => {
+                let _ = write!(out, ",{},,,,", Quantity::from_units(row.value_sum));
+            }
+            MetricKind::Gauge if row.events == 0 => out.push_str(",,,,,"),
+            MetricKind::Gauge => {
+                let (latest, max) = (Quantity::from_units(row.latest_value), Quantity::from_units(row.value_max));
+                let _ = write!(out, ",,{latest},{},{max},", latest_at(query, row.latest_at));
+            }
+            MetricKind::Unique => {
+                let _ = write!(out, ",,,,,{}", row.distinct_count);
+            }
+        }
+        out.push_str("\r\n");
     }
-    let _ = write!(out, "\r\n");
 }

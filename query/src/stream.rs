@@ -49,6 +49,7 @@ const CHUNK_BYTES: usize = 64 * 1024;
 struct Writer {
     query: UsageQuery,
     cursor: RowCursor<UsageRow>,
+    rows: render::CsvRows,
     /// Rows written so far.
     written: u64,
     /// `Some(n)`: more than `n` rows breaks the answer off (the service's bound).
@@ -76,7 +77,7 @@ impl Writer {
                         ))));
                     }
                     self.counted.inc();
-                    render::csv_row(&self.query, &row, &mut out);
+                    self.rows.write(&self.query, &row, &mut out);
                 }
                 Ok(None) => {
                     self.done = true;
@@ -102,11 +103,12 @@ pub fn csv_body(
     counted: IntCounter,
 ) -> Body {
     let mut first = render::csv_header(&query);
+    let mut rows = render::CsvRows::default();
     for row in head {
-        render::csv_row(&query, row, &mut first);
+        rows.write(&query, row, &mut first);
     }
     counted.inc_by(head.len() as u64);
-    let writer = Writer { query, cursor, written: head.len() as u64, bound, counted, done: false };
+    let writer = Writer { query, cursor, rows, written: head.len() as u64, bound, counted, done: false };
     let first = stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
     let rest = stream::unfold(writer, |mut writer| async move { writer.chunk().await.map(|chunk| (chunk, writer)) });
     Body::from_stream(futures_util::StreamExt::chain(first, rest))

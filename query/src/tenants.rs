@@ -45,8 +45,14 @@ fn list_parameters(query: &str) -> Result<(Option<String>, Option<String>, i64),
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let bad = |message: String| BadParameter { parameter: key.to_string(), message };
         match key.as_ref() {
-            "after" => after = Some(value.into_owned()),
+            "after" => {
+                TenantId::check(&value).map_err(|(_, rule)| bad(format!("{value:?} is not a tenant id: {rule}")))?;
+                after = Some(value.into_owned());
+            }
             "search" if value.len() > 200 => return Err(bad("at most 200 bytes".to_owned())),
+            "search" if value.chars().any(char::is_control) => {
+                return Err(bad("control characters cannot appear in a tenant's id or name".to_owned()));
+            }
             "search" => search = Some(value.into_owned()).filter(|s| !s.is_empty()),
             "limit" => {
                 limit = value
@@ -173,6 +179,8 @@ mod tests {
         assert_eq!(list_parameters("limit=0").unwrap_err().parameter, "limit");
         assert_eq!(list_parameters("limit=1001").unwrap_err().parameter, "limit");
         assert_eq!(list_parameters("tier=PREMIUM").unwrap_err().parameter, "tier");
+        assert_eq!(list_parameters("after=%00x").unwrap_err().parameter, "after");
+        assert_eq!(list_parameters("search=a%00b").unwrap_err().parameter, "search");
     }
 
     #[test]

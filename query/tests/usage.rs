@@ -274,6 +274,18 @@ async fn a_tenant_key_reads_only_its_tenant_and_bad_parameters_are_named() {
         assert_eq!(Some(typed.window_start.as_str()), row["window_start"].as_str());
         assert_eq!((typed.sum.as_deref(), typed.count), (row["sum"].as_str(), row["count"].as_u64().unwrap()));
     }
+    // Dates and zero-filled windows: a row for each of the day's 24 hours per tenant.
+    let filled = tally_client::query::UsageQuery {
+        from: "2026-11-01".into(),
+        to: "2026-11-02".into(),
+        fill: Some("zero".into()),
+        tenant: vec!["acme".into(), "globex".into()],
+        metric: vec!["api_calls".into()],
+        ..query.clone()
+    };
+    let answer = client.query(&filled).await.unwrap();
+    assert_eq!(answer.rows.len(), 24 * 2);
+    assert!(answer.rows.iter().any(|row| row.count == 0) && answer.rows.iter().any(|row| row.count > 0));
     query.time_zone = Some("Nowhere/Atlantis".into());
     match client.query(&query).await {
         Err(tally_client::query::QueryError::Refused { status: 400, parameter, .. }) => {

@@ -14,6 +14,7 @@ pub mod bench;
 mod broker;
 pub mod browser;
 mod redis;
+pub mod schemathesis;
 pub mod tenant_data;
 
 pub use broker::TestBroker;

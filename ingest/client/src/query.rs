@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 pub struct UsageQuery {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub metric: Vec<String>,
-    /// RFC 3339, the start of a window in `time_zone`.
+    /// RFC 3339, or a date (`2026-11-01`: the start of that day in `time_zone`); the start of a
+    /// window in `time_zone`.
     pub from: String,
-    /// RFC 3339, exclusive.
+    /// RFC 3339 or a date, exclusive.
     pub to: String,
     /// `minute`, `hour`, `day`, `month`; `None`: one total.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,6 +34,9 @@ pub struct UsageQuery {
     /// `window`, or a value column (`sum`, `count`, `max`, `latest`, `distinct`), `-` first for largest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_by: Option<String>,
+    /// `zero`: a row for every window of every group, count 0 where nothing happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fill: Option<String>,
 }
 
 /// One window of one series. Decimals are exact strings.

@@ -5,28 +5,10 @@
 //! also depends on what no schema can say (its age against the clock, the configured metric
 //! catalogue), and ingest answers those with a documented 422.
 
-use std::process::Command;
-
 use crate::helpers::TestApp;
 
 async fn fuzz(app: &TestApp, key: &str) {
-    let program = std::env::var("TALLY_TEST_SCHEMATHESIS").expect(
-        "TALLY_TEST_SCHEMATHESIS is unset: run deploy/local/up.sh (it installs schemathesis) and source .stack/env",
-    );
-    let spec = app.url("/openapi.yaml");
-    let header = format!("Authorization: Bearer {key}");
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new(program)
-            .args(["run", &spec, "--header", &header, "--max-examples", "60", "--seed", "7", "--no-color"])
-            .args(["--exclude-checks", "positive_data_acceptance"])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("schemathesis runs");
-    let report = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "schemathesis found answers that differ from the document:\n{report}");
-    assert!(report.contains("passed"), "schemathesis ran cases:\n{report}");
+    tally_testkit::schemathesis::fuzz(&app.url("/openapi.yaml"), key, &["positive_data_acceptance"], &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
