@@ -149,3 +149,12 @@ async fn close(consumer: Arc<consumer::UsageConsumer>) {
         tracing::warn!("the consumer did not close in time; exiting without it");
     }
 }
+
+/// What the service does, for `--help`.
+pub const ABOUT: &str = "Tally's aggregator: exactly-once rollups of usage events from Kafka into ClickHouse.";
+
+/// Builds and runs the service until `stopping` is cancelled (what `tally-*` and `tally <role>`
+/// run).
+pub async fn serve(config: AggregatorConfig, stopping: CancellationToken) -> anyhow::Result<()> {
+    Aggregator::build(config, stopping).await?.run_until_stopped().await
+}

@@ -29,6 +29,13 @@ pub struct AggregatorMetrics {
     pub fenced: IntCounter,
 }
 
+/// `aggregator_duplicates_total{scope}`.
+pub const DUPLICATE_SCOPES: [&str; 2] = ["in_batch", "earlier"];
+/// Dead-letter reasons of the aggregator's own, besides the event rules' codes.
+pub const DEAD_LETTER_REASONS: [&str; 1] = ["key_mismatch"];
+/// `aggregator_store_failures_total{stage}`: where storing a batch can fail.
+pub const STORE_STAGES: [&str; 6] = ["plan", "dedup_lookup", "insert", "checkpoint", "dead_letter", "position"];
+
 fn seconds(name: &str, help: &str) -> Result<Histogram, prometheus::Error> {
     Histogram::with_opts(
         HistogramOpts::new(name, help)
@@ -86,6 +93,16 @@ impl AggregatorMetrics {
         registry.register(Box::new(metrics.assigned.clone()))?;
         registry.register(Box::new(metrics.replays.clone()))?;
         registry.register(Box::new(metrics.fenced.clone()))?;
+        // Every known label value at 0, so dashboards and alerts see the series before the first.
+        for scope in DUPLICATE_SCOPES {
+            metrics.duplicates.with_label_values(&[scope]);
+        }
+        for reason in tally_schemas::EventError::reason_codes().chain(DEAD_LETTER_REASONS) {
+            metrics.dead_lettered.with_label_values(&[reason]);
+        }
+        for stage in STORE_STAGES {
+            metrics.store_failures.with_label_values(&[stage]);
+        }
         Ok(metrics)
     }
 }

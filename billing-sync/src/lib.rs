@@ -8,6 +8,7 @@
 //! deterministic identifier and Idempotency-Key, and acknowledged after — so a crash at any
 //! point is finished by the next run with the same identifier.
 
+pub mod cli;
 pub mod config;
 mod daemon;
 pub mod ledger;

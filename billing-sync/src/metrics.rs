@@ -4,6 +4,16 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 
 use crate::sync::Report;
 
+/// Stripe's error codes for a meter event it will not take (a missing customer or meter, a value
+/// or identifier it does not accept), pre-created at 0 in `tally_billing_refusals_total{code}`.
+pub const STRIPE_REFUSAL_CODES: [&str; 5] = [
+    "resource_missing",
+    "parameter_invalid_integer",
+    "parameter_invalid_string_length",
+    "parameter_missing",
+    "parameter_unknown",
+];
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub last_success: IntGauge,
@@ -63,6 +73,10 @@ impl Metrics {
         // Present from the start, so dashboards show 0 rather than "no data".
         for kind in ["event", "resent", "cancel", "negative"] {
             metrics.rows.with_label_values(&[kind]);
+        }
+        // The codes Stripe refuses meter events with (other codes appear when they happen).
+        for code in STRIPE_REFUSAL_CODES {
+            metrics.refusals.with_label_values(&[code]);
         }
         Ok(metrics)
     }

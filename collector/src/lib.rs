@@ -5,6 +5,7 @@
 //!
 //! `/livez`, `/readyz` and `/metrics` are served on `[collector] listen` in daemon mode.
 
+pub mod cli;
 pub mod config;
 pub mod measure;
 pub mod metrics;

@@ -135,6 +135,9 @@ pub struct EnforcerSection {
     pub policy: Policies,
     /// Where storage alerts are POSTed (JSON); empty: alerts show only in logs and metrics.
     pub alert_webhook: String,
+    /// Most tenants with a `tally_enforcer_tenant_storage_percent{tenant}` series (those at or
+    /// above the alert line, the most used first).
+    pub alert_series_max: usize,
     /// Denials kept for `GET /v1/tenants/{id}/denials` (known tenants only, all together; oldest
     /// dropped). Each takes a fixed number of bytes, so the log's size is bounded by this.
     pub audit_capacity: usize,
@@ -160,6 +163,7 @@ impl Default for EnforcerSection {
             housekeeping_ms: 5_000,
             policy: Policies::default(),
             alert_webhook: String::new(),
+            alert_series_max: 100,
             audit_capacity: 100_000,
             max_body_bytes: 64 * 1024,
         }

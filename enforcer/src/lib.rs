@@ -186,3 +186,12 @@ impl Enforcer {
         Ok(())
     }
 }
+
+/// What the service does, for `--help`.
+pub const ABOUT: &str = "Tally's enforcer: user caps, storage caps and per-tenant rate limits.";
+
+/// Builds and runs the service until `stopping` is cancelled (what `tally-*` and `tally <role>`
+/// run).
+pub async fn serve(config: EnforcerConfig, stopping: CancellationToken) -> anyhow::Result<()> {
+    Enforcer::build(config, stopping).await?.run_until_stopped().await
+}

@@ -220,6 +220,18 @@ impl RateLimitServer {
     }
 }
 
+/// The `code` label of `tally_enforcer_grpc_seconds` (the codes this service answers with).
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "Ok",
+        tonic::Code::Unauthenticated => "Unauthenticated",
+        tonic::Code::PermissionDenied => "PermissionDenied",
+        tonic::Code::InvalidArgument => "InvalidArgument",
+        tonic::Code::Unavailable => "Unavailable",
+        _ => "Other",
+    }
+}
+
 impl NamedService for RateLimitServer {
     const NAME: &'static str = "envoy.service.ratelimit.v3.RateLimitService";
 }
@@ -240,10 +252,18 @@ impl UnaryService<RateLimitRequest> for ShouldRateLimit {
         Box::pin(async move {
             let started = Instant::now();
             let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-            let principal = access.principal(authorization).await.map_err(|refusal| refusal.grpc())?;
-            let answer = should_rate_limit(&checks, &access, &principal, request.get_ref()).await;
-            checks.metrics.endpoint_latency.rls.observe(started.elapsed().as_secs_f64());
-            answer.map(tonic::Response::new).map_err(|refusal| refusal.grpc())
+            let answer = match access.principal(authorization).await {
+                Ok(principal) => {
+                    let answer = should_rate_limit(&checks, &access, &principal, request.get_ref()).await;
+                    checks.metrics.endpoint_latency.rls.observe(started.elapsed().as_secs_f64());
+                    answer.map(tonic::Response::new).map_err(|refusal| refusal.grpc())
+                }
+                Err(refusal) => Err(refusal.grpc()),
+            };
+            let code = answer.as_ref().map_or_else(|status| status.code(), |_| tonic::Code::Ok);
+            let grpc = &checks.metrics.grpc_seconds;
+            grpc.with_label_values(&["ShouldRateLimit", code_name(code)]).observe(started.elapsed().as_secs_f64());
+            answer
         })
     }
 }

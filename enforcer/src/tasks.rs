@@ -35,6 +35,7 @@ pub async fn refresh_usage(checks: Arc<Checks>, client: Client, http: reqwest::C
 /// Alerts each tenant that crossed 80 % of its storage cap, once per crossing across every replica
 /// and restart (`tally.storage_alerts` decides which replica alerts).
 async fn alert_storage(checks: &Checks, http: &reqwest::Client) {
+    let mut above = Vec::new();
     for (tenant, usage) in checks.usage.snapshot() {
         let cap = checks.registry.with(&tenant, |found| found.map(|(_, entry)| *entry.limits));
         let Some(limits) = cap else { continue };
@@ -42,6 +43,9 @@ async fn alert_storage(checks: &Checks, http: &reqwest::Client) {
             continue;
         };
         let is_above = usage.storage_bytes >= alert_at;
+        if is_above {
+            above.push((tenant.clone(), usage.storage_bytes as f64 * 100.0 / cap.max(1) as f64));
+        }
         match checks.alerts.observe(&checks.pool, &tenant, usage.storage_bytes, cap, is_above).await {
             Ok(true) => {}
             Ok(false) => continue,
@@ -71,6 +75,7 @@ async fn alert_storage(checks: &Checks, http: &reqwest::Client) {
         });
     }
     checks.metrics.tenants_above_storage_alert.set(i64::try_from(checks.alerts.count()).unwrap_or(i64::MAX));
+    checks.metrics.storage_alert_series.publish(above, checks.settings.alert_series_max);
 }
 
 /// Judges the registry's freshness every second; purges old reservations and updates the

@@ -112,3 +112,12 @@ fn spawn_queue_gauge(state: &AppState, ops: &Ops) {
         }
     });
 }
+
+/// What the service does, for `--help`.
+pub const ABOUT: &str = "Tally's HTTP ingest service: usage events in, to Kafka.";
+
+/// Builds and runs the service until `stopping` is cancelled (what `tally-*` and `tally <role>`
+/// run).
+pub async fn serve(config: IngestConfig, stopping: CancellationToken) -> anyhow::Result<()> {
+    Ingest::build(config, stopping).await?.run_until_stopped().await
+}

@@ -1,7 +1,5 @@
 use std::process::ExitCode;
 
-use tally_ingest::{Ingest, IngestConfig};
-
 // Ingest allocates per event on every request thread, and librdkafka copies every message: with
 // the workspace's `override` feature mimalloc serves both, glibc's allocator neither.
 #[global_allocator]
@@ -9,8 +7,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tally_kit::service::main("tally-ingest", "Tally's HTTP ingest service.", |config: IngestConfig, stopping| async move {
-        Ingest::build(config, stopping).await?.run_until_stopped().await
-    })
-    .await
+    tally_kit::service::main("tally-ingest", tally_ingest::ABOUT, tally_ingest::serve).await
 }

@@ -3,6 +3,9 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+/// The statuses `/v1/events` answers (see `ingest/openapi.yaml`).
+pub const ANSWERED_STATUSES: [&str; 9] = ["202", "400", "401", "403", "413", "415", "422", "429", "503"];
+
 #[derive(Debug, Clone)]
 pub struct IngestMetrics {
     pub requests: IntCounterVec,
@@ -44,6 +47,14 @@ impl IngestMetrics {
         registry.register(Box::new(metrics.publish_seconds.clone()))?;
         registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.dead_letter_failures.clone()))?;
+        // Every documented status and refusal reason at 0, so alerts and dashboards see them
+        // before the first.
+        for status in ANSWERED_STATUSES {
+            metrics.requests.with_label_values(&[status]);
+        }
+        for reason in tally_schemas::EventError::reason_codes().chain(["tenant_not_accepted"]) {
+            metrics.rejected.with_label_values(&[reason]);
+        }
         Ok(metrics)
     }
 }

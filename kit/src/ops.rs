@@ -55,6 +55,7 @@ pub struct Ops {
 struct OpsInner {
     service: &'static str,
     registry: Registry,
+    process: Registry,
     checks: std::sync::Mutex<Vec<(&'static str, CheckFn)>>,
     heartbeats: std::sync::Mutex<Vec<(&'static str, Duration, Heartbeat)>>,
     stopping: CancellationToken,
@@ -71,10 +72,13 @@ impl Ops {
     pub fn new(service: &'static str, stopping: CancellationToken) -> Self {
         let registry = Registry::new_custom(Some("tally".to_owned()), None)
             .unwrap_or_else(|e| unreachable!("static prefix is valid: {e}"));
+        // The process's own metrics keep their standard names (`process_cpu_seconds_total`, …),
+        // which stock dashboards and alerts look for: a registry without the prefix.
+        let process = Registry::new();
         #[cfg(target_os = "linux")]
         {
             let collector = prometheus::process_collector::ProcessCollector::for_self();
-            if let Err(error) = registry.register(Box::new(collector)) {
+            if let Err(error) = process.register(Box::new(collector)) {
                 tracing::warn!(%error, "process metrics unavailable");
             }
         }
@@ -82,6 +86,7 @@ impl Ops {
             inner: Arc::new(OpsInner {
                 service,
                 registry,
+                process,
                 checks: std::sync::Mutex::default(),
                 heartbeats: std::sync::Mutex::default(),
                 stopping,
@@ -201,7 +206,9 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 async fn metrics(State(ops): State<Ops>) -> Response {
     let mut buffer = Vec::new();
     let encoder = TextEncoder::new();
-    match encoder.encode(&ops.inner.registry.gather(), &mut buffer) {
+    let mut families = ops.inner.registry.gather();
+    families.extend(ops.inner.process.gather());
+    match encoder.encode(&families, &mut buffer) {
         Ok(()) => ([(header::CONTENT_TYPE, encoder.format_type().to_owned())], buffer).into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }

@@ -19,6 +19,14 @@ pub trait ServiceConfig: DeserializeOwned {
 /// Exit code for a configuration that does not load (the process could not start).
 pub const EXIT_CONFIG: u8 = 2;
 
+/// `--config FILE` (or `TALLY_CONFIG`): the one flag every service's command line has.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML config file; TALLY_<SECTION>__<KEY> environment variables override it.
+    #[arg(long, env = "TALLY_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// The whole `main` of a service whose only flag is `--config FILE` (or `TALLY_CONFIG`): parses
 /// the command line, then [`run`]s.
 pub async fn main<C, F, Fut, E>(name: &'static str, about: &'static str, service: F) -> ExitCode
@@ -28,20 +36,11 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
-    let matches = clap::Command::new(name)
-        .about(about)
-        .version(env!("CARGO_PKG_VERSION"))
-        .arg(
-            clap::Arg::new("config")
-                .long("config")
-                .env("TALLY_CONFIG")
-                .value_name("FILE")
-                .value_parser(clap::value_parser!(std::path::PathBuf))
-                .help("TOML config file; TALLY_<SECTION>__<KEY> environment variables override it"),
-        )
-        .get_matches();
-    let config_file = matches.get_one::<std::path::PathBuf>("config");
-    run(name, config_file.map(std::path::PathBuf::as_path), service).await
+    use clap::{Args, FromArgMatches};
+    let command = clap::Command::new(name).about(about).version(env!("CARGO_PKG_VERSION"));
+    let matches = ConfigArgs::augment_args(command).get_matches();
+    let args = ConfigArgs::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    run(name, args.config.as_deref(), service).await
 }
 
 /// Loads `C` from `config_file` and the environment, then runs `service` until it returns.

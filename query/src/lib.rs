@@ -86,3 +86,12 @@ impl QueryService {
         self.server.serve(self.router, self.stopping).await.context("serving the query API")
     }
 }
+
+/// What the service does, for `--help`.
+pub const ABOUT: &str = "Tally's usage query API and console: usage per window in any time zone, as JSON or CSV.";
+
+/// Builds and runs the service until `stopping` is cancelled (what `tally-*` and `tally <role>`
+/// run).
+pub async fn serve(config: QueryConfig, stopping: CancellationToken) -> anyhow::Result<()> {
+    QueryService::build(config, stopping).await?.run_until_stopped().await
+}

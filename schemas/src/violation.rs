@@ -35,6 +35,22 @@ pub enum Rule {
 }
 
 impl Rule {
+    pub const ALL: [Rule; 13] = [
+        Rule::Missing,
+        Rule::WrongType,
+        Rule::Length,
+        Rule::Charset,
+        Rule::UnknownMetric,
+        Rule::OutOfRange,
+        Rule::Precision,
+        Rule::TooOld,
+        Rule::InFuture,
+        Rule::Format,
+        Rule::TooMany,
+        Rule::UnknownField,
+        Rule::Unsupported,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             Rule::Missing => "missing",
@@ -96,6 +112,11 @@ impl EventError {
             EventError::Malformed(_) => &[],
             EventError::Invalid(violations) => violations,
         }
+    }
+
+    /// Every code [`Self::reason_code`] can give (metrics pre-create a series for each).
+    pub fn reason_codes() -> impl Iterator<Item = &'static str> {
+        ["malformed", "invalid"].into_iter().chain(Rule::ALL.map(Rule::code))
     }
 
     /// A short machine-readable reason: `malformed` or the first broken rule's code.
