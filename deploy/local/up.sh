@@ -73,11 +73,13 @@ apt_install() {
 
 # Tools the tests run besides the stack: Redis servers of their own (outage and cluster tests),
 # openssl (RSA keys for JWTs), faketime (a replica whose clock is minutes off), Chromium and
-# chromedriver (the console's browser test).
+# chromedriver (the console's browser test), Prometheus and promtool (the alert rules' tests).
 ensure_test_tools() {
   command -v redis-server >/dev/null || apt_install redis-server
   command -v openssl >/dev/null || apt_install openssl
   command -v faketime >/dev/null || apt_install faketime
+  # The alert rules' tests and the alert end-to-end test: promtool and a Prometheus server.
+  { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || apt_install prometheus
   # The console's browser test: headless Chromium driven through chromedriver.
   { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
   if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version >/dev/null 2>&1; then

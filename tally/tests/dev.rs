@@ -48,20 +48,9 @@ async fn tally_dev_takes_an_event_in_counts_enforces_and_bills_it() {
     let fake = Arc::new(tally_stripe_fake::Fake::new(0));
     let stripe = tally_testkit::bench::serve_on_loopback(tally_stripe_fake::router(Arc::clone(&fake))).await;
     let http = reqwest::Client::new();
-    let stripe_post = async |path: &str, form: &[(&str, &str)]| -> Value {
-        let url = format!("http://{stripe}{path}");
-        http.post(url).bearer_auth("sk_test_dev").form(form).send().await.unwrap().json().await.unwrap()
-    };
-    let meter = stripe_post(
-        "/v1/billing/meters",
-        &[("display_name", "API calls"), ("event_name", "api_calls"), ("default_aggregation[formula]", "sum")],
-    )
-    .await;
-    let form =
-        [("display_name", "Compute"), ("event_name", "compute_seconds"), ("default_aggregation[formula]", "sum")];
-    stripe_post("/v1/billing/meters", &form).await;
-    let customer = stripe_post("/v1/customers", &[("name", "Acme")]).await;
-    let (meter, customer) = (meter["id"].as_str().unwrap().to_owned(), customer["id"].as_str().unwrap().to_owned());
+    let base = format!("http://{stripe}");
+    let meters = tally_testkit::stripe::create_meters(&base, "sk_test_dev", &["api_calls", "compute_seconds"]).await;
+    let (meter, customer) = (&meters[0], tally_testkit::stripe::create_customer(&base, "sk_test_dev", "Acme").await);
     sqlx::query("INSERT INTO stripe_customers (tenant_id, stripe_customer_id) VALUES ('acme', $1)")
         .bind(&customer)
         .execute(&pg.pool)

@@ -15,6 +15,7 @@ mod broker;
 pub mod browser;
 mod redis;
 pub mod schemathesis;
+pub mod stripe;
 pub mod tenant_data;
 
 pub use broker::TestBroker;
