@@ -20,6 +20,7 @@ stop() {
   rm -f "$file"
 }
 
+stop tally-dev
 stop ingest
 stop aggregator
 stop enforcer

@@ -185,6 +185,52 @@ start_service() {
   wait_for "$name" 60 http_ok "http://127.0.0.1:$port$health" || die "$name did not become ready: see $LOG_DIR/$name.log"
 }
 
+# The Stripe fake (no machine here reaches Stripe) keeps its state in .stack/stripe-fake.json.
+start_stripe_fake() {
+  TALLY_STRIPE_FAKE_STATE=$STACK_DIR/stripe-fake.json start_service stripe-fake "$STRIPE_FAKE_PORT" \
+    TALLY_STRIPE_FAKE_LISTEN /_fake/health
+}
+
+# `--one-process`: every Tally role in one `tally dev` process (each on its usual port), after the
+# demo data and the Stripe fake's meters it bills to exist.
+start_one_process() {
+  local name
+  for name in ingest aggregator enforcer collector query; do
+    if pid_alive "$name"; then
+      say "stopping $name (one process runs every role)"
+      kill -TERM "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null || true
+      wait_for "$name to stop" 20 bash -c "! kill -0 $(cat "$RUN_DIR/$name.pid") 2>/dev/null"
+      rm -f "$RUN_DIR/$name.pid"
+    fi
+  done
+  start_stripe_fake
+  seed_demo
+  seed_tenant_data
+  prepare_billing
+  say "building tally"
+  (cd "$ROOT" && cargo build --quiet -p tally) || die "building tally failed (see above)"
+  local target
+  target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  if pid_alive tally-dev; then
+    say "restarting tally dev"
+    kill -TERM "$(cat "$RUN_DIR/tally-dev.pid")" 2>/dev/null || true
+    wait_for "tally dev to stop" 30 bash -c "! kill -0 $(cat "$RUN_DIR/tally-dev.pid") 2>/dev/null"
+  fi
+  for port in "$INGEST_PORT" "$AGGREGATOR_PORT" "$ENFORCER_PORT" "$COLLECTOR_PORT" "$QUERY_PORT" "$BILLING_PORT"; do
+    refuse_taken_port "tally dev" "$port"
+  done
+  env TALLY_HTTP__LISTEN="127.0.0.1:$INGEST_PORT" TALLY_AGGREGATOR__LISTEN="127.0.0.1:$AGGREGATOR_PORT" \
+    TALLY_ENFORCER__LISTEN="127.0.0.1:$ENFORCER_PORT" TALLY_COLLECTOR__LISTEN="127.0.0.1:$COLLECTOR_PORT" \
+    TALLY_QUERY__LISTEN="127.0.0.1:$QUERY_PORT" TALLY_BILLING__LISTEN="127.0.0.1:$BILLING_PORT" \
+    TALLY_BILLING__STRIPE_URL="http://127.0.0.1:$STRIPE_FAKE_PORT" TALLY_BILLING__STRIPE_KEY=sk_test_local \
+    setsid nohup "$target/debug/tally" dev >>"$LOG_DIR/tally-dev.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/tally-dev.pid"
+  for port in "$INGEST_PORT" "$AGGREGATOR_PORT" "$ENFORCER_PORT" "$COLLECTOR_PORT" "$QUERY_PORT" "$BILLING_PORT"; do
+    wait_for "tally dev on port $port" 90 http_ok "http://127.0.0.1:$port/readyz" \
+      || die "tally dev did not become ready: see $LOG_DIR/tally-dev.log"
+  done
+}
+
 # A demo tenant of the platform's registry and an API key for it, made once.
 seed_demo() {
   PGPASSWORD=$POSTGRES_PASSWORD psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d tally -qc \
@@ -358,9 +404,10 @@ json_field() { python3 -c "import json, sys; d = json.load(sys.stdin); print(eva
 # Bills the demo tenant: its meters and customer in the Stripe fake (made once), one
 # billing-sync run that includes the open hour (later runs send the rest as corrections), and
 # what the fake's meter summary shows for the customer.
-sync_billing() {
+# The demo tenant's meters and customer in the Stripe fake (made once).
+prepare_billing() {
   local psql_tally=(psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d tally -tAq)
-  local meters customer meter start end total
+  local meters customer
   meters=$(stripe_fake_api GET /v1/billing/meters) || die "the Stripe fake did not answer: see $LOG_DIR/stripe-fake.log"
   for name in api_calls compute_seconds; do
     if ! grep -q "\"event_name\":\"$name\"" <<<"$meters"; then
@@ -376,6 +423,13 @@ sync_billing() {
       -c "INSERT INTO stripe_customers (tenant_id, stripe_customer_id) VALUES ('demo', '$customer')" \
       || die "cannot record the demo tenant's Stripe customer"
   fi
+}
+
+sync_billing() {
+  local psql_tally=(psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d tally -tAq)
+  local customer meter start end total
+  prepare_billing
+  customer=$(PGPASSWORD=$POSTGRES_PASSWORD "${psql_tally[@]}" -c "SELECT stripe_customer_id FROM stripe_customers WHERE tenant_id = 'demo'")
   say "building and running tally-billing-sync --once"
   (cd "$ROOT" && TALLY_BILLING__SETTLE_MINUTES=-60 cargo run --quiet -p tally-billing-sync -- --once) \
     >>"$LOG_DIR/billing-sync.log" 2>&1 || die "billing-sync failed: see $LOG_DIR/billing-sync.log"
@@ -403,25 +457,29 @@ main() {
   fi
   # shellcheck disable=SC1091
   source "$STACK_DIR/env"
-  start_service ingest "$INGEST_PORT" TALLY_HTTP__LISTEN
-  start_service aggregator "$AGGREGATOR_PORT" TALLY_AGGREGATOR__LISTEN
-  start_service enforcer "$ENFORCER_PORT" TALLY_ENFORCER__LISTEN
-  # The Stripe fake (no machine here reaches Stripe) keeps its state in .stack/stripe-fake.json.
-  TALLY_STRIPE_FAKE_STATE=$STACK_DIR/stripe-fake.json start_service stripe-fake "$STRIPE_FAKE_PORT" \
-    TALLY_STRIPE_FAKE_LISTEN /_fake/health
-  seed_demo
-  seed_tenant_data
-  start_service collector "$COLLECTOR_PORT" TALLY_COLLECTOR__LISTEN
+  if [ "${1:-}" = "--one-process" ]; then
+    start_one_process
+  else
+    start_service ingest "$INGEST_PORT" TALLY_HTTP__LISTEN
+    start_service aggregator "$AGGREGATOR_PORT" TALLY_AGGREGATOR__LISTEN
+    start_service enforcer "$ENFORCER_PORT" TALLY_ENFORCER__LISTEN
+    start_stripe_fake
+    seed_demo
+    seed_tenant_data
+    start_service collector "$COLLECTOR_PORT" TALLY_COLLECTOR__LISTEN
+  fi
   send_first_event || die "the first event was not accepted: see $LOG_DIR/ingest.log"
   show_counted
-  start_service query "$QUERY_PORT" TALLY_QUERY__LISTEN
+  [ "${1:-}" = "--one-process" ] || start_service query "$QUERY_PORT" TALLY_QUERY__LISTEN
   show_queried
   show_collected
   show_enforced
   sync_billing
+  local mode="one process per service"
+  [ "${1:-}" = "--one-process" ] && mode="every role in one tally dev process, pid in $RUN_DIR/tally-dev.pid"
   cat <<DONE
 
-Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR):
+Tally's local stack is up (data in $STACK_DIR, logs in $LOG_DIR; $mode):
   Kafka protocol   127.0.0.1:$KAFKA_PORT  (topics usage-events, usage-events-dlq)
   ClickHouse       http://127.0.0.1:$CLICKHOUSE_HTTP_PORT  native 127.0.0.1:$CLICKHOUSE_TCP_PORT  (database tally)
   PostgreSQL       $(postgres_url tally | sed "s/:$POSTGRES_PASSWORD@/:***@/")
