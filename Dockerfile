@@ -5,6 +5,8 @@
 # Build stage: the workspace's pinned toolchain; librdkafka is built from source (vendored) with
 # the C toolchain the image already has.
 FROM rust:1.95-bookworm AS build
+# No debug info in the image's binary: 43 MB instead of 246 MB.
+ENV CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -47,12 +47,13 @@ fn prepare(role: &str, file: Option<&Path>, stopping: CancellationToken) -> Resu
                 tally_collector::Collector::new(config)?.run(tally_collector::Mode::Daemon, stopping).await
             })
         }
-        _ => {
+        "billing-sync" => {
             let config = load(file)?;
             Box::pin(async move {
                 tally_billing_sync::BillingSync::new(config)?.run(tally_billing_sync::Mode::Daemon, stopping).await
             })
         }
+        other => return Err(ConfigError::Invalid(format!("no role {other:?}; the roles are {}", ROLES.join(", ")))),
     })
 }
 

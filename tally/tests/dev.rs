@@ -20,6 +20,10 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+async fn answer_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 async fn until(what: &str, mut probe: impl AsyncFnMut() -> Option<Value>) -> Value {
     let started = Instant::now();
     loop {
@@ -123,26 +127,12 @@ async fn tally_dev_takes_an_event_in_counts_enforces_and_bills_it() {
     assert_eq!(counted["rows"][0]["count"], 1);
 
     // Enforced: a rate check, and the limits (through the query service) with STANDARD's caps.
-    let check: Value = http
-        .post(format!("http://127.0.0.1:{enforcer}/v1/check/rate"))
-        .bearer_auth(&key)
-        .json(&json!({ "tenant_id": "acme" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rate_check =
+        http.post(format!("http://127.0.0.1:{enforcer}/v1/check/rate")).json(&json!({ "tenant_id": "acme" }));
+    let check = answer_of(rate_check.bearer_auth(&key)).await;
     assert_eq!(check["allowed"], true, "{check}");
-    let limits: Value = http
-        .get(format!("http://127.0.0.1:{query}/v1/tenants/acme/limits"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let limits =
+        answer_of(http.get(format!("http://127.0.0.1:{query}/v1/tenants/acme/limits")).bearer_auth(&key)).await;
     assert_eq!((limits["tier"].as_str(), limits["users"]["limit"].as_u64()), (Some("STANDARD"), Some(50)), "{limits}");
 
     // Billed: the customer's meter summary in the fake shows the 7 calls.
