@@ -13,6 +13,7 @@
 pub mod bench;
 mod broker;
 pub mod browser;
+pub mod cluster;
 mod redis;
 pub mod schemathesis;
 pub mod stripe;
