@@ -93,6 +93,9 @@ pub struct EnforcerMetrics {
     pub storage_alert_series: StorageAlertSeries,
     /// gRPC call latency by method and status code.
     pub grpc_seconds: HistogramVec,
+    /// `ShouldRateLimit`'s histograms, one per [`GRPC_CODES`] entry, resolved once (a label
+    /// lookup per call would cost more than the check).
+    pub should_rate_limit_seconds: Vec<Histogram>,
 }
 
 impl EnforcerMetrics {
@@ -123,7 +126,7 @@ impl EnforcerMetrics {
         for reason in ["unauthenticated", "forbidden", "invalid", "auth_unavailable"] {
             refusals.with_label_values(&[reason]);
         }
-        let metrics = Self {
+        let mut metrics = Self {
             decision_counters: DecisionCounters::new(&decisions),
             endpoint_latency,
             latency,
@@ -166,10 +169,10 @@ impl EnforcerMetrics {
                 ]),
                 &["method", "code"],
             )?,
+            should_rate_limit_seconds: Vec::new(),
         };
-        for code in GRPC_CODES {
-            metrics.grpc_seconds.with_label_values(&["ShouldRateLimit", code]);
-        }
+        metrics.should_rate_limit_seconds =
+            GRPC_CODES.iter().map(|code| metrics.grpc_seconds.with_label_values(&["ShouldRateLimit", code])).collect();
         registry.register(Box::new(metrics.decisions.clone()))?;
         registry.register(Box::new(metrics.latency.clone()))?;
         registry.register(Box::new(metrics.usage_age_seconds.clone()))?;

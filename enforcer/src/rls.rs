@@ -220,15 +220,15 @@ impl RateLimitServer {
     }
 }
 
-/// The `code` label of `tally_enforcer_grpc_seconds` (the codes this service answers with).
-fn code_name(code: tonic::Code) -> &'static str {
+/// The index in [`crate::metrics::GRPC_CODES`] of `code` (the codes this service answers with).
+fn code_index(code: tonic::Code) -> usize {
     match code {
-        tonic::Code::Ok => "Ok",
-        tonic::Code::Unauthenticated => "Unauthenticated",
-        tonic::Code::PermissionDenied => "PermissionDenied",
-        tonic::Code::InvalidArgument => "InvalidArgument",
-        tonic::Code::Unavailable => "Unavailable",
-        _ => "Other",
+        tonic::Code::Ok => 0,
+        tonic::Code::Unauthenticated => 1,
+        tonic::Code::PermissionDenied => 2,
+        tonic::Code::InvalidArgument => 3,
+        tonic::Code::Unavailable => 4,
+        _ => 5,
     }
 }
 
@@ -261,8 +261,9 @@ impl UnaryService<RateLimitRequest> for ShouldRateLimit {
                 Err(refusal) => Err(refusal.grpc()),
             };
             let code = answer.as_ref().map_or_else(|status| status.code(), |_| tonic::Code::Ok);
-            let grpc = &checks.metrics.grpc_seconds;
-            grpc.with_label_values(&["ShouldRateLimit", code_name(code)]).observe(started.elapsed().as_secs_f64());
+            if let Some(histogram) = checks.metrics.should_rate_limit_seconds.get(code_index(code)) {
+                histogram.observe(started.elapsed().as_secs_f64());
+            }
             answer
         })
     }
@@ -297,5 +298,25 @@ where
                 .max_decoding_message_size(MAX_REQUEST_BYTES);
             Ok(grpc.unary(method, request).await)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_code_observes_the_histogram_labelled_with_its_name() {
+        let named = [
+            (tonic::Code::Ok, "Ok"),
+            (tonic::Code::Unauthenticated, "Unauthenticated"),
+            (tonic::Code::PermissionDenied, "PermissionDenied"),
+            (tonic::Code::InvalidArgument, "InvalidArgument"),
+            (tonic::Code::Unavailable, "Unavailable"),
+            (tonic::Code::Internal, "Other"),
+        ];
+        for (code, name) in named {
+            assert_eq!(crate::metrics::GRPC_CODES[code_index(code)], name);
+        }
     }
 }
