@@ -27,12 +27,16 @@ pub async fn setup(config: &AdminConfig, platform_tables: bool) -> anyhow::Resul
     postgres::migrate_tally(&config.postgres).await?;
     writeln!(report, "postgres   tally schema up to date at {pg_url}")?;
 
+    tally_kit::shards::verify(&config.clickhouse).await?;
     let applied = clickhouse::apply_migrations(&config.clickhouse).await?;
+    let at = match config.clickhouse.cluster.as_str() {
+        "" => config.clickhouse.url.clone(),
+        cluster => format!("every node of cluster {cluster} ({} shards)", config.clickhouse.shards.0.len()),
+    };
     writeln!(
         report,
-        "clickhouse database {} up to date at {} (applied now: {})",
+        "clickhouse database {} up to date at {at} (applied now: {})",
         config.clickhouse.database,
-        config.clickhouse.url,
         if applied.is_empty() { "none".to_owned() } else { format!("{applied:?}") }
     )?;
 

@@ -14,6 +14,10 @@
 //! * exactly-once: the aggregator, in this process, from a fresh consumer group until every
 //!   event is counted in ClickHouse (plans, dedup lookup, raw + ids + rollup inserts, checkpoints).
 //!
+//! With `--cluster`, each round instead runs exactly-once twice from the same topic: into one
+//! chdb node and into a 2-shard chdb cluster (`clickhouse.cluster`), reporting both rates, their
+//! ratio and CPU per event (the shards share the two cores: a ratio, not a speed-up).
+//!
 //! Reports events/s, the ratio exactly-once / naive pipeline (goal: median ≥ 0.85), the ratio
 //! exactly-once / min(consume, insert), CPU microseconds per event of this process, the broker
 //! and ClickHouse in the naive and the exactly-once phases (on two shared cores the pipeline
@@ -32,6 +36,7 @@ use tally_kit::config::{KafkaConfig, ProducerConfig};
 use tally_kit::producer::Publisher;
 use tally_schemas::{EventId, MetricCatalogue, MetricName, Quantity, TenantId, Topics, UsageEvent};
 use tally_testkit::bench::{CpuMeter, arg, peak_rss_mib, settle, spread};
+use tally_testkit::cluster::TestCluster;
 use tally_testkit::{TestClickHouse, kafka_config, unique_name};
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +69,16 @@ async fn fill(kafka: &KafkaConfig, topics: &Topics, events: &[UsageEvent]) {
         }
     }
     assert!(acks.settled().await.is_complete(), "every event acknowledged");
+}
+
+/// A fresh 6-partition topic holding round `round`'s `events` distinct events.
+async fn round_topic(kafka: &KafkaConfig, round: usize, events: usize) -> (Vec<UsageEvent>, Topics) {
+    let now = Utc::now();
+    let batch: Vec<UsageEvent> = (0..events).map(|i| event(round, i, now)).collect();
+    let topics =
+        Topics { usage_events: unique_name("bench-usage"), dead_letter: unique_name("bench-dlq"), ..Topics::default() };
+    fill(kafka, &topics, &batch).await;
+    (batch, topics)
 }
 
 /// Stops a phase's consumer for good without closing it: closing a group consumer blocks against
@@ -234,6 +249,52 @@ fn cpu_line(cpu: &[(&'static str, f64)]) -> String {
     cpu.iter().map(|(name, us)| format!("{name} {us:.1}")).collect::<Vec<_>>().join(", ")
 }
 
+/// `--cluster`: exactly-once into a 2-shard cluster against exactly-once into one node, both
+/// chdb servers started alike by testkit, from the same topic in each round.
+async fn cluster_rounds(events: usize, rounds: usize, batch_size: usize) {
+    let kafka = kafka_config();
+    let (one_node, two_shards) = (TestCluster::start(1).await, TestCluster::start(2).await);
+    let (mut single, mut sharded, mut single_cpu, mut sharded_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let (_, topics) = round_topic(&kafka, round, events).await;
+        let db = TestClickHouse::create_at(&one_node.urls()[0]).await;
+        settle().await;
+        let (rate, cpu) = exactly_once(&kafka, &topics, &db, events, batch_size).await;
+        single.push(rate);
+        single_cpu.push(cpu);
+        db.drop_database().await;
+        let db = TestClickHouse::on_cluster(&two_shards).await;
+        settle().await;
+        let (rate, cpu) = exactly_once(&kafka, &topics, &db, events, batch_size).await;
+        sharded.push(rate);
+        sharded_cpu.push(cpu);
+        db.drop_database().await;
+        tally_testkit::delete_topics(&kafka, &[&topics.usage_events, &topics.dead_letter]).await;
+        println!(
+            "round {round}: one node {:>9.0} ev/s, two shards {:>9.0} ev/s",
+            single[round - 1],
+            sharded[round - 1]
+        );
+        println!("  CPU µs/event, one node:   {}", cpu_line(&single_cpu[round - 1]));
+        println!("  CPU µs/event, two shards: {}", cpu_line(&sharded_cpu[round - 1]));
+    }
+    let ratios = spread((0..rounds).map(|r| sharded[r] / single[r]).collect());
+    let (single, sharded) = (spread(single), spread(sharded));
+    println!("events per round {events}, 6 partitions, batches of {batch_size}, {rounds} rounds (min / median / max)");
+    println!("exactly-once, one node:   {:.0} / {:.0} / {:.0} events/s", single.0, single.1, single.2);
+    println!("exactly-once, two shards: {:.0} / {:.0} / {:.0} events/s", sharded.0, sharded.1, sharded.2);
+    println!(
+        "ratio two shards / one node: {:.2} / {:.2} / {:.2} (two cores shared by both shards)",
+        ratios.0, ratios.1, ratios.2
+    );
+    println!("CPU µs/event (median), one node:   {}", cpu_line(&median_cpu(&single_cpu)));
+    println!("CPU µs/event (median), two shards: {}", cpu_line(&median_cpu(&sharded_cpu)));
+}
+
+fn median_cpu(rounds: &[Vec<(&'static str, f64)>]) -> Vec<(&'static str, f64)> {
+    (0..rounds[0].len()).map(|i| (rounds[0][i].0, spread(rounds.iter().map(|r| r[i].1).collect()).1)).collect()
+}
+
 fn main() {
     let events = arg(0, 200_000);
     let rounds = arg(1, 3);
@@ -244,19 +305,16 @@ fn main() {
         tally_kit::telemetry::init(&telemetry);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if std::env::args().any(|a| a == "--cluster") {
+        runtime.block_on(cluster_rounds(events, rounds, batch_size));
+        return;
+    }
     runtime.block_on(async {
         let kafka = kafka_config();
         let (mut consume, mut insert, mut naive, mut eo) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut naive_cpu, mut eo_cpu) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
-            let now = Utc::now();
-            let batch: Vec<UsageEvent> = (0..events).map(|i| event(round, i, now)).collect();
-            let topics = Topics {
-                usage_events: unique_name("bench-usage"),
-                dead_letter: unique_name("bench-dlq"),
-                ..Topics::default()
-            };
-            fill(&kafka, &topics, &batch).await;
+            let (batch, topics) = round_topic(&kafka, round, events).await;
             // Every phase starts with the broker and ClickHouse idle (see `settle`).
             settle().await;
             consume.push(bare_consume(&kafka, &topics.usage_events, events).await);
@@ -304,9 +362,6 @@ fn main() {
             "ratio exactly-once / naive pipeline: {:.2} / {:.2} / {:.2} (goal: median >= 0.85)",
             naive_ratio.0, naive_ratio.1, naive_ratio.2
         );
-        let median_cpu = |rounds: &[Vec<(&'static str, f64)>]| -> Vec<(&'static str, f64)> {
-            (0..rounds[0].len()).map(|i| (rounds[0][i].0, spread(rounds.iter().map(|r| r[i].1).collect()).1)).collect()
-        };
         println!("CPU µs/event (median), naive pipeline: {}", cpu_line(&median_cpu(&naive_cpu)));
         println!("CPU µs/event (median), exactly-once:   {}", cpu_line(&median_cpu(&eo_cpu)));
         println!("peak RSS (bench process: aggregator + baselines + the events in memory): {:.0} MiB", peak_rss_mib());

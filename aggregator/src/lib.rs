@@ -15,7 +15,9 @@ pub mod partitions;
 pub mod progress;
 pub mod rollup;
 pub mod rowbinary;
+pub mod shards;
 pub mod store;
+pub mod verify;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::config::AggregatorConfig;
 use crate::consumer::ConsumerLoop;
 use crate::metrics::AggregatorMetrics;
+use crate::shards::Shards;
 use crate::store::Store;
 use crate::writer::{BatchWriter, Retry};
 
@@ -61,7 +64,9 @@ impl Aggregator {
         let ops = Ops::new("aggregator", stopping.clone());
         let metrics = AggregatorMetrics::register(ops.registry()).context("registering metrics")?;
         let publisher = Publisher::new(&config.kafka, &config.producer).context("creating the dead-letter producer")?;
-        let store = Store::new(tally_kit::clickhouse::client(&config.clickhouse).with_validation(false));
+        tally_kit::shards::verify(&config.clickhouse).await.context("checking the ClickHouse cluster")?;
+        let layout = config.clickhouse.layout().map_err(anyhow::Error::msg)?;
+        let store = Store::on_shards(Shards::from_config(&config.clickhouse), layout);
         store.verify_tables(config.aggregator.min_dedup_window).await?;
         let section = config.aggregator.clone();
         let writer = Arc::new(BatchWriter {
@@ -79,10 +84,16 @@ impl Aggregator {
         let topic = config.topics.usage_events.clone();
         let (consumer, assignments) =
             consumer::subscribe(&config.kafka, &section, &topic).context("joining the consumer group")?;
-        let ping_client = store.client().clone();
+        // Every node: a shard that is down stalls the partitions homed on it.
+        let nodes: Arc<Vec<clickhouse::Client>> = Arc::new(store.shards().nodes().cloned().collect());
         ops.add_check("clickhouse", move || {
-            let client = ping_client.clone();
-            async move { tally_kit::clickhouse::ping(&client).await.map_err(|e| e.to_string()) }
+            let nodes = Arc::clone(&nodes);
+            async move {
+                for node in nodes.iter() {
+                    tally_kit::clickhouse::ping(node).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
         });
         let kafka = config.kafka.clone();
         ops.add_check("kafka", move || {

@@ -34,7 +34,8 @@ pub const DUPLICATE_SCOPES: [&str; 2] = ["in_batch", "earlier"];
 /// Dead-letter reasons of the aggregator's own, besides the event rules' codes.
 pub const DEAD_LETTER_REASONS: [&str; 1] = ["key_mismatch"];
 /// `aggregator_store_failures_total{stage}`: where storing a batch can fail.
-pub const STORE_STAGES: [&str; 6] = ["plan", "dedup_lookup", "insert", "checkpoint", "dead_letter", "position"];
+pub const STORE_STAGES: [&str; 7] =
+    ["plan", "dedup_lookup", "insert", "checkpoint", "dead_letter", "position", "replica_sync"];
 
 fn seconds(name: &str, help: &str) -> Result<Histogram, prometheus::Error> {
     Histogram::with_opts(

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{self, DeadLetter, Message, Plan};
 use crate::fence::Written;
 use crate::metrics::AggregatorMetrics;
-use crate::store::{Position, Store};
+use crate::store::{PlanNotVisible, Position, Store};
 
 /// How a batch ended.
 #[derive(Debug)]
@@ -53,12 +53,14 @@ enum StoreError {
     ClickHouse { stage: &'static str, source: clickhouse::error::Error },
     #[error("dead-letter topic: {0}")]
     DeadLetter(String),
+    #[error("clickhouse ({stage}): {message}")]
+    Behind { stage: &'static str, message: String },
 }
 
 impl StoreError {
     fn stage(&self) -> &'static str {
         match self {
-            StoreError::ClickHouse { stage, .. } => stage,
+            StoreError::ClickHouse { stage, .. } | StoreError::Behind { stage, .. } => stage,
             StoreError::DeadLetter(_) => "dead_letter",
         }
     }
@@ -103,6 +105,7 @@ impl BatchWriter {
                     return outcome;
                 }
                 Err(error) => {
+                    self.store.failed(partition);
                     self.metrics.store_failures.with_label_values(&[error.stage()]).inc();
                     tracing::warn!(
                         topic,
@@ -124,17 +127,15 @@ impl BatchWriter {
 
     /// The partition's stored position, retried with backoff until ClickHouse answers; `None`
     /// when `abandon` is cancelled first.
-    /// Creates the partition's tables first if this process has not yet.
+    /// Settles the partition's home shard and creates its tables there first if this process
+    /// has not yet.
     pub async fn position(&self, topic: &str, partition: u32, abandon: &CancellationToken) -> Option<Position> {
         let mut wait = self.retry.initial;
         loop {
-            let position = match self.store.ensure_partition_tables(partition).await {
-                Ok(()) => self.store.position(topic, partition).await,
-                Err(error) => Err(error),
-            };
-            match position {
+            match self.store.position(topic, partition, &self.instance_id).await {
                 Ok(position) => return Some(position),
                 Err(error) => {
+                    self.store.failed(partition);
                     self.metrics.store_failures.with_label_values(&["position"]).inc();
                     tracing::warn!(topic, partition, error = %error, "reading the partition's checkpoint failed; retrying");
                 }
@@ -154,10 +155,17 @@ impl BatchWriter {
         proposal: Option<&Plan>,
         abandon: &CancellationToken,
     ) -> Result<Outcome, StoreError> {
+        let partition = known.or(proposal).map_or(0, |plan| plan.kafka_partition);
+        self.store.ready(partition).await.map_err(at("replica_sync"))?;
         let plan = match (known, proposal) {
             (Some(plan), _) => plan.clone(),
             (None, Some(proposal)) => {
-                let settled = self.store.settle_plan(proposal).await.map_err(at("plan"))?;
+                let settled = self.store.settle_plan(proposal).await.map_err(|error| match error {
+                    PlanNotVisible::Query(source) => StoreError::ClickHouse { stage: "plan", source },
+                    behind @ PlanNotVisible::Behind { .. } => {
+                        StoreError::Behind { stage: "plan", message: behind.to_string() }
+                    }
+                })?;
                 if &settled != proposal {
                     return Ok(Outcome::Replan(settled));
                 }
@@ -169,7 +177,16 @@ impl BatchWriter {
         let decoded = batch::decode(&plan, messages, &self.catalogue);
         let decoded_at = started.elapsed();
         let claims = batch::claims(&plan, &decoded.events);
-        let counted_before = self.store.claim(&plan, &claims).await.map_err(at("dedup_lookup"))?;
+        let claimed = self.store.claim(&plan, &claims).await.map_err(at("dedup_lookup"))?;
+        if claimed.across_shards > 0 {
+            tracing::warn!(
+                partition = plan.kafka_partition,
+                pairs = claimed.across_shards,
+                "events claimed on more than one ClickHouse shard (a tenant whose partitions live on different shards: \
+                 a partition-count change or another producer's partitioner); the earliest plan counts them"
+            );
+        }
+        let counted_before = claimed.lost;
         let looked_up_at = started.elapsed();
         let rows = batch::assemble(&plan, decoded.events, &counted_before, &self.catalogue);
         if abandon.is_cancelled() {

@@ -159,10 +159,25 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClickHouseConfig {
+    /// The server readers query; on a cluster, any node (they all hold the Distributed tables).
     pub url: String,
     pub database: String,
     pub user: String,
     pub password: Secret,
+    /// The cluster's name in the servers' `<remote_servers>`; empty for one server (the default).
+    pub cluster: String,
+    /// Each shard's nodes, in `<remote_servers>` order: a TOML list with one entry per shard,
+    /// its replicas' URLs separated by commas (or one string, shards separated by `;`).
+    pub shards: crate::shards::ShardList,
+    /// `Replicated*MergeTree` tables (needs Keeper and at least one replica per shard).
+    pub replicated: bool,
+    /// A replicated table's Keeper path; `{table}` is the table, the rest server macros.
+    pub replica_path: String,
+    /// A replica's name in Keeper, normally the server's `{replica}` macro.
+    pub replica_name: String,
+    /// Apply the DDL once, `ON CLUSTER`, through the first node (the server's distributed DDL
+    /// queue, which needs Keeper) rather than on every node in turn.
+    pub on_cluster: bool,
 }
 
 impl Default for ClickHouseConfig {
@@ -172,6 +187,12 @@ impl Default for ClickHouseConfig {
             database: "tally".to_owned(),
             user: "default".to_owned(),
             password: Secret::default(),
+            cluster: String::new(),
+            shards: crate::shards::ShardList::default(),
+            replicated: false,
+            replica_path: "/clickhouse/tables/{shard}/{database}/{table}".to_owned(),
+            replica_name: "{replica}".to_owned(),
+            on_cluster: false,
         }
     }
 }

@@ -5,7 +5,8 @@
 //! * [`telemetry`]: structured logs (JSON or text) through `tracing`;
 //! * [`shutdown`]: SIGINT/SIGTERM as a cancellation token;
 //! * [`ops`]: the operations endpoints `/livez`, `/readyz` and `/metrics`;
-//! * [`kafka`], [`clickhouse`], [`postgres`]: clients, health checks and schema setup;
+//! * [`kafka`], [`clickhouse`], [`postgres`]: clients, health checks and schema setup, and
+//!   [`shards`], a ClickHouse cluster's nodes;
 //! * [`producer`]: the idempotent, acknowledged Kafka producer, and [`acks`], its acknowledgements;
 //! * [`service`]: the shared body of every binary's `main`;
 //! * [`tenants`]: the platform's tenant registry behind a short-lived cache ([`cache`]).
@@ -21,6 +22,7 @@ pub mod postgres;
 pub mod producer;
 pub mod rollups;
 pub mod service;
+pub mod shards;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;

@@ -7,12 +7,13 @@
 //! * [`catalogue`]: the metric catalogue (name → kind and unit), loaded from config;
 //! * [`tiers`]: tenant tiers, default limits and per-tenant overrides;
 //! * [`topics`]: Kafka topic names, message key and headers;
-//! * [`ddl`]: the versioned ClickHouse DDL; the PostgreSQL migrations live in `migrations/`.
+//! * [`ddl`]: the versioned ClickHouse DDL, and [`cluster`] its form on a cluster's nodes; the PostgreSQL migrations live in `migrations/`.
 
 pub mod batch;
 pub mod catalogue;
 pub mod checked;
 pub mod cloudevents;
+pub mod cluster;
 pub mod ddl;
 pub mod event;
 pub mod ids;

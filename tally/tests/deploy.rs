@@ -227,14 +227,31 @@ fn kubernetes_manifests_are_valid_config_with_probes_budgets_and_monitors() {
     let setup = &objects[&("Job".to_owned(), "tally-setup".to_owned())]["spec"]["template"]["spec"]["containers"][0];
     load_every_role(&container_env(&objects, setup, "tally-setup"), "Job tally-setup");
 
-    // The production overlay patches objects the base has.
-    let overlay = repo().join("deploy/kubernetes/overlays/production");
-    for patch in documents(&overlay.join("kustomization.yaml"))[0]["patches"].as_sequence().unwrap() {
-        for object in documents(&overlay.join(text(&patch["path"]))) {
-            let key = (text(&object["kind"]), text(&object["metadata"]["name"]));
-            assert!(objects.contains_key(&key), "the overlay patches {key:?}, which the base lacks");
+    // The overlays patch objects the base has.
+    for name in ["production", "clickhouse-cluster"] {
+        let overlay = repo().join("deploy/kubernetes/overlays").join(name);
+        for patch in documents(&overlay.join("kustomization.yaml"))[0]["patches"].as_sequence().unwrap() {
+            for object in documents(&overlay.join(text(&patch["path"]))) {
+                let key = (text(&object["kind"]), text(&object["metadata"]["name"]));
+                assert!(objects.contains_key(&key), "{name} patches {key:?}, which the base lacks");
+            }
         }
     }
+}
+
+#[test]
+fn the_cluster_overlay_configures_two_replicated_shards_for_every_role() {
+    let objects = manifests();
+    let overlay = repo().join("deploy/kubernetes/overlays/clickhouse-cluster");
+    let mut env = string_map(&objects[&("ConfigMap".to_owned(), "tally-config".to_owned())]["data"]);
+    env.extend(string_map(&documents(&overlay.join("clickhouse.yaml"))[0]["data"]));
+    load_every_role(&env, "the clickhouse-cluster overlay");
+    let aggregator: tally_aggregator::AggregatorConfig = load(None, &env).unwrap();
+    let layout = aggregator.clickhouse.layout().unwrap().expect("a cluster");
+    assert_eq!(layout.cluster, "tally");
+    assert!(layout.replication.is_some());
+    let shards = tally_kit::shards::clients(&aggregator.clickhouse);
+    assert_eq!(shards.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2], "2 shards x 2 replicas");
 }
 
 fn promtool(args: &[&str]) {

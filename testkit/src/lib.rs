@@ -181,11 +181,21 @@ pub struct TestClickHouse {
 
 impl TestClickHouse {
     pub async fn create() -> Self {
+        Self::create_at(&env_or("TALLY_TEST_CLICKHOUSE_URL", "http://127.0.0.1:8123")).await
+    }
+
+    /// A database of the test's own on the server at `url` (one node of a [`cluster::TestCluster`]
+    /// used as a single server, say).
+    pub async fn create_at(url: &str) -> Self {
         let config = ClickHouseConfig {
-            url: env_or("TALLY_TEST_CLICKHOUSE_URL", "http://127.0.0.1:8123"),
+            url: url.to_owned(),
             database: unique_name("tally_test").replace('-', "_"),
             ..ClickHouseConfig::default()
         };
+        Self::prepared(config).await
+    }
+
+    async fn prepared(config: ClickHouseConfig) -> Self {
         tally_kit::clickhouse::apply_migrations(&config)
             .await
             .unwrap_or_else(|e| panic!("preparing clickhouse database {}: {e}; {STACK_HINT}", config.database));
@@ -193,11 +203,28 @@ impl TestClickHouse {
         Self { config, client }
     }
 
-    /// Drops the database (call at the end of a test that passed).
+    /// A database of the test's own on every node of `cluster`, with Tally's cluster DDL applied
+    /// (`[clickhouse] cluster` and `shards` set); `client` reads through the first shard.
+    pub async fn on_cluster(cluster: &cluster::TestCluster) -> Self {
+        let urls = cluster.urls();
+        let config = ClickHouseConfig {
+            url: urls[0].clone(),
+            database: unique_name("tally_test").replace('-', "_"),
+            cluster: cluster::CLUSTER.to_owned(),
+            shards: tally_kit::shards::ShardList(urls.into_iter().map(|url| vec![url]).collect()),
+            ..ClickHouseConfig::default()
+        };
+        Self::prepared(config).await
+    }
+
+    /// Drops the database on every node (call at the end of a test that passed).
     pub async fn drop_database(self) {
         let statement = format!("DROP DATABASE IF EXISTS {}", self.config.database);
-        if let Err(error) = self.client.query(&statement).execute().await {
-            panic!("dropping clickhouse database {}: {error}", self.config.database);
+        for node in tally_kit::shards::nodes(&self.config) {
+            let config = ClickHouseConfig { url: node.url, ..self.config.clone() };
+            if let Err(error) = tally_kit::clickhouse::client(&config).query(&statement).execute().await {
+                panic!("dropping clickhouse database {} on {}: {error}", self.config.database, config.url);
+            }
         }
     }
 }

@@ -23,12 +23,47 @@ async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+async fn harness(kafka: tally_kit::config::KafkaConfig, shards: Option<usize>) -> Harness {
+    match shards {
+        Some(shards) => Harness::on_cluster(kafka, 4, shards).await,
+        None => Harness::new(kafka, 4).await,
+    }
+}
+
+/// On a cluster: every Kafka partition's batches — rows, claims, plans, checkpoints — are on
+/// one shard, and every shard holds some.
+async fn assert_each_partition_on_one_shard(harness: &Harness) {
+    if harness.cluster.is_none() {
+        return;
+    }
+    let mut homes = None;
+    for table in
+        ["usage_events_local", "usage_rollups_local", "usage_event_ids", "aggregator_batches", "aggregator_checkpoints"]
+    {
+        let by_shard = harness.partitions_by_shard(table).await;
+        let mut all: Vec<u32> = by_shard.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 2, 3], "{table}: each partition on exactly one shard: {by_shard:?}");
+        assert!(by_shard.iter().all(|partitions| !partitions.is_empty()), "{table}: every shard is used: {by_shard:?}");
+        assert_eq!(homes.get_or_insert_with(|| by_shard.clone()), &by_shard, "{table}: the same shard as the rows");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_and_a_broker_restart_change_no_total() {
+    sigkills_and_a_broker_restart(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_two_shards_sigkills_and_a_broker_restart_change_no_total() {
+    sigkills_and_a_broker_restart(Some(2)).await;
+}
+
+async fn sigkills_and_a_broker_restart(shards: Option<usize>) {
     let seed = Utc::now().timestamp_subsec_nanos() as u64 | 1;
-    eprintln!("chaos seed {seed}");
+    eprintln!("chaos seed {seed} on {shards:?} shards");
     let mut broker = TestBroker::start().await;
-    let harness = Harness::new(broker.kafka_config(), 4).await;
+    let harness = harness(broker.kafka_config(), shards).await;
     let sends = oracle::stream(seed, 8_000, 40, Utc::now());
     let distinct = oracle::distinct_events(&sends);
 
@@ -76,15 +111,25 @@ async fn sigkill_at_random_moments_and_a_broker_restart_change_no_total() {
     assert_eq!((counted, counted_later), (distinct.len() as u64, distinct.len() as u64), "seed {seed}");
     let differences = differences(&windows, &oracle::expected_windows(distinct.iter().copied()));
     assert!(differences.is_empty(), "seed {seed}: rollups differ:\n{}", differences.join("\n"));
+    assert_each_partition_on_one_shard(&harness).await;
     harness.drop().await;
     broker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_partitions_and_one_killed_leaves_exact_totals() {
+    two_instances(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_two_shards_two_instances_and_one_killed_leave_exact_totals() {
+    two_instances(Some(2)).await;
+}
+
+async fn two_instances(shards: Option<usize>) {
     let seed = Utc::now().timestamp_subsec_nanos() as u64 | 1;
-    eprintln!("two-instance seed {seed}");
-    let harness = Harness::new(tally_testkit::kafka_config(), 4).await;
+    eprintln!("two-instance seed {seed} on {shards:?} shards");
+    let harness = harness(tally_testkit::kafka_config(), shards).await;
     let sends = oracle::stream(seed, 4_000, 30, Utc::now());
     let distinct = oracle::distinct_events(&sends);
     let first = harness.spawn_process("pair-1");
@@ -111,5 +156,6 @@ async fn two_instances_share_partitions_and_one_killed_leaves_exact_totals() {
     assert_eq!(harness.counted().await, distinct.len() as u64, "seed {seed}");
     let differences = differences(&windows, &oracle::expected_windows(distinct.iter().copied()));
     assert!(differences.is_empty(), "seed {seed}: rollups differ:\n{}", differences.join("\n"));
+    assert_each_partition_on_one_shard(&harness).await;
     harness.drop().await;
 }

@@ -34,7 +34,7 @@ async fn store_batch(store: &Store, plan: &Plan, messages: &[batch::Message]) ->
     let catalogue = oracle::catalogue();
     assert_eq!(&store.settle_plan(plan).await.unwrap(), plan);
     let decoded = batch::decode(plan, messages, &catalogue);
-    let counted_before = store.claim(plan, &batch::claims(plan, &decoded.events)).await.unwrap();
+    let counted_before = store.claim(plan, &batch::claims(plan, &decoded.events)).await.unwrap().lost;
     let rows = batch::assemble(plan, decoded.events, &counted_before, &catalogue);
     assert_eq!(store.store_rows(plan, &rows).await.unwrap(), Written::Stored);
     store.checkpoint(plan).await.unwrap();
@@ -98,7 +98,7 @@ async fn a_writer_paused_half_way_through_its_rows_is_judged_after_the_pause() {
     let catalogue = oracle::catalogue();
     store.settle_plan(&plan).await.unwrap();
     let decoded = batch::decode(&plan, &messages, &catalogue);
-    let counted_before = store.claim(&plan, &batch::claims(&plan, &decoded.events)).await.unwrap();
+    let counted_before = store.claim(&plan, &batch::claims(&plan, &decoded.events)).await.unwrap().lost;
     let rows = batch::assemble(&plan, decoded.events, &counted_before, &catalogue);
 
     // Half the rows go out; then the writer "stalls" while another instance stores the batch.
@@ -149,14 +149,14 @@ async fn a_pair_on_two_partitions_at_once_is_counted_by_exactly_one_batch() {
         let (on_0, on_1) = (plan(0, round), plan(1, round));
         let (claims_0, claims_1) = (batch::claims(&on_0, &events), batch::claims(&on_1, &events));
         let (lost_0, lost_1) = tokio::join!(store.claim(&on_0, &claims_0), store.claim(&on_1, &claims_1));
-        let (lost_0, lost_1) = (lost_0.unwrap(), lost_1.unwrap());
+        let (lost_0, lost_1) = (lost_0.unwrap().lost, lost_1.unwrap().lost);
         for (_, event) in &events {
             let pair = (event.tenant_id.to_string(), event.id.to_string());
             assert!(lost_0.contains(&pair) != lost_1.contains(&pair), "round {round}: {pair:?} has one winner");
         }
         // A replay of either batch, later, decides as its first attempt did.
         let again: (HashSet<_>, HashSet<_>) =
-            (store.claim(&on_0, &claims_0).await.unwrap(), store.claim(&on_1, &claims_1).await.unwrap());
+            (store.claim(&on_0, &claims_0).await.unwrap().lost, store.claim(&on_1, &claims_1).await.unwrap().lost);
         assert_eq!(again, (lost_0, lost_1), "round {round}: replays decide the same");
     }
     harness.drop().await;

@@ -11,6 +11,7 @@ use tally_aggregator::{Aggregator, AggregatorConfig};
 use tally_kit::config::{KafkaConfig, ProducerConfig};
 use tally_kit::producer::{Publisher, Record};
 use tally_schemas::Topics;
+use tally_testkit::cluster::TestCluster;
 use tally_testkit::{TestClickHouse, unique_name};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,10 +26,21 @@ pub struct Harness {
     /// `[aggregator] min_dedup_window` of every instance (tests that shrink the tables' windows
     /// lower it).
     pub min_dedup_window: u64,
+    /// The ClickHouse cluster `ch` lives on, when the test runs on one (stopped when dropped).
+    pub cluster: Option<TestCluster>,
 }
 
 impl Harness {
     pub async fn new(kafka: KafkaConfig, partitions: i32) -> Self {
+        Self::with_clickhouse(kafka, partitions, None).await
+    }
+
+    /// A harness whose ClickHouse is a cluster of `shards` shards of the test's own.
+    pub async fn on_cluster(kafka: KafkaConfig, partitions: i32, shards: usize) -> Self {
+        Self::with_clickhouse(kafka, partitions, Some(TestCluster::start(shards).await)).await
+    }
+
+    async fn with_clickhouse(kafka: KafkaConfig, partitions: i32, cluster: Option<TestCluster>) -> Self {
         let telemetry = tally_kit::config::TelemetryConfig {
             format: tally_kit::config::LogFormat::Text,
             filter: "warn".to_owned(),
@@ -42,7 +54,11 @@ impl Harness {
         };
         tally_kit::kafka::ensure_topics(&kafka, &topics).await.expect("topics");
         let min_dedup_window = AggregatorConfig::default().aggregator.min_dedup_window;
-        Self { kafka, topics, ch: TestClickHouse::create().await, group: unique_name("aggregators"), min_dedup_window }
+        let ch = match &cluster {
+            Some(cluster) => TestClickHouse::on_cluster(cluster).await,
+            None => TestClickHouse::create().await,
+        };
+        Self { kafka, topics, ch, group: unique_name("aggregators"), min_dedup_window, cluster }
     }
 
     /// The configuration of instance `instance`.
@@ -86,6 +102,8 @@ brokers = "{brokers}"
 [clickhouse]
 url = "{url}"
 database = "{database}"
+cluster = "{cluster}"
+shards = [{shards}]
 [topics]
 usage_events = "{usage}"
 dead_letter = "{dlq}"
@@ -123,6 +141,9 @@ format = "text"
             brokers = self.kafka.brokers,
             url = self.ch.config.url,
             database = self.ch.config.database,
+            cluster = self.ch.config.cluster,
+            shards =
+                self.ch.config.shards.0.iter().map(|r| format!("\"{}\"", r.join(","))).collect::<Vec<_>>().join(", "),
             usage = self.topics.usage_events,
             dlq = self.topics.dead_letter,
             partitions = self.topics.partitions,
@@ -254,6 +275,25 @@ format = "text"
             report.push(format!("not stored: {}/{} ({copies} copies on the topic)", event.tenant_id, event.id));
         }
         report.join("\n")
+    }
+
+    /// On a cluster: for each shard, the Kafka partitions whose rows it holds in `table` (a
+    /// shard-local table; a Merge table's partition is read off the name of the table holding
+    /// the row).
+    pub async fn partitions_by_shard(&self, table: &str) -> Vec<Vec<u32>> {
+        let partition =
+            if table.ends_with("_local") { "toUInt32(extract(_table, '_p([0-9]+)$'))" } else { "kafka_partition" };
+        let mut by_shard = Vec::new();
+        for node in tally_kit::shards::nodes(&self.ch.config) {
+            let config = tally_kit::config::ClickHouseConfig { url: node.url, ..self.ch.config.clone() };
+            let partitions: Vec<u32> = tally_kit::clickhouse::client(&config)
+                .query(&format!("SELECT DISTINCT {partition} AS p FROM {table} ORDER BY p"))
+                .fetch_all()
+                .await
+                .expect("a shard's partitions");
+            by_shard.push(partitions);
+        }
+        by_shard
     }
 
     pub async fn drop(self) {

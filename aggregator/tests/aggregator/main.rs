@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod chaos;
+mod cluster;
 mod exactly_once;
 mod fencing;
 mod helpers;

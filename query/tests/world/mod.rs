@@ -110,32 +110,30 @@ impl World {
 
     /// The world with the query service's configuration changed by `tweak`.
     pub async fn create_with(tweak: impl FnOnce(&mut QueryConfig)) -> Self {
-        let (ch, pg) = (TestClickHouse::create().await, TestPostgres::create().await);
+        Self::build(None, tweak).await
+    }
+
+    /// The world on a ClickHouse cluster: each tenant's rows on a shard of their own (acme on
+    /// the first, globex on the last), read by the service through the Distributed tables.
+    pub async fn on_cluster(cluster: &tally_testkit::cluster::TestCluster) -> Self {
+        Self::build(Some(cluster), |_| {}).await
+    }
+
+    async fn build(
+        cluster: Option<&tally_testkit::cluster::TestCluster>,
+        tweak: impl FnOnce(&mut QueryConfig),
+    ) -> Self {
+        let ch = match cluster {
+            Some(cluster) => TestClickHouse::on_cluster(cluster).await,
+            None => TestClickHouse::create().await,
+        };
+        let pg = TestPostgres::create().await;
         let events = events();
-        let mut insert = ch.client.insert::<EventRow>("usage_events_base").await.unwrap();
-        for (offset, e) in events.iter().enumerate() {
-            let mut attributes = vec![("user_id".to_owned(), e.user.clone())];
-            attributes.extend(e.region.map(|r| ("region".to_owned(), r.to_owned())));
-            let row = EventRow {
-                tenant_id: e.tenant.to_owned(),
-                event_id: e.id.clone(),
-                metric: e.metric.to_owned(),
-                value: e.units,
-                timestamp: e.at.timestamp_nanos_opt().unwrap(),
-                source: "test".to_owned(),
-                attributes,
-                ingested_at: e.at.timestamp_millis(),
-                kafka_partition: 0,
-                kafka_offset: offset as u64,
-            };
-            insert.write(&row).await.unwrap();
+        let shards = tally_kit::shards::clients(&ch.config);
+        let shard_of = |tenant: &str| if tenant == "acme" { 0 } else { shards.len() - 1 };
+        for (shard, replicas) in shards.iter().enumerate() {
+            store_shard(&replicas[0], events.iter().filter(|e| shard_of(e.tenant) == shard)).await;
         }
-        insert.end().await.unwrap();
-        let mut insert = ch.client.insert::<RollupRow>("usage_rollups_base").await.unwrap();
-        for row in rollups(&events) {
-            insert.write(&row).await.unwrap();
-        }
-        insert.end().await.unwrap();
         for tenant in ["acme", "globex"] {
             sqlx::query("INSERT INTO tenant (id, name) VALUES ($1, $1)").bind(tenant).execute(&pg.pool).await.unwrap();
         }
@@ -182,4 +180,33 @@ impl World {
         self.ch.drop_database().await;
         self.pg.drop_database().await;
     }
+}
+
+/// Stores `events` (raw and rolled up) in the base tables of the node `client` reaches.
+async fn store_shard<'a>(client: &clickhouse::Client, events: impl Iterator<Item = &'a Event>) {
+    let events: Vec<Event> = events.cloned().collect();
+    let mut insert = client.insert::<EventRow>("usage_events_base").await.unwrap();
+    for (offset, e) in events.iter().enumerate() {
+        let mut attributes = vec![("user_id".to_owned(), e.user.clone())];
+        attributes.extend(e.region.map(|r| ("region".to_owned(), r.to_owned())));
+        let row = EventRow {
+            tenant_id: e.tenant.to_owned(),
+            event_id: e.id.clone(),
+            metric: e.metric.to_owned(),
+            value: e.units,
+            timestamp: e.at.timestamp_nanos_opt().unwrap(),
+            source: "test".to_owned(),
+            attributes,
+            ingested_at: e.at.timestamp_millis(),
+            kafka_partition: 0,
+            kafka_offset: offset as u64,
+        };
+        insert.write(&row).await.unwrap();
+    }
+    insert.end().await.unwrap();
+    let mut insert = client.insert::<RollupRow>("usage_rollups_base").await.unwrap();
+    for row in rollups(&events) {
+        insert.write(&row).await.unwrap();
+    }
+    insert.end().await.unwrap();
 }
