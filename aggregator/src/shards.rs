@@ -219,3 +219,40 @@ pub enum HomeError {
     )]
     Unknown { partition: u32, shard: u32, configured: usize },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shards(replicated: bool, replicas: usize) -> Shards {
+        let clients = (0..2).map(|_| (0..replicas).map(|_| Client::default()).collect()).collect();
+        Shards::new(clients, true, replicated)
+    }
+
+    fn active(shards: &Shards, shard: usize) -> usize {
+        shards.active[shard].load(Ordering::Relaxed) % shards.replicas[shard].len()
+    }
+
+    #[test]
+    fn a_failure_moves_a_replicated_shard_to_its_next_replica_which_must_sync_first() {
+        let replicated = shards(true, 2);
+        assert!(replicated.unsynced.lock().unwrap().iter().all(|&u| u), "a replica is synced before first use");
+        replicated.unsynced.lock().unwrap().fill(false);
+        replicated.failed(1);
+        assert_eq!((active(&replicated, 0), active(&replicated, 1)), (0, 1), "only the failing shard moves");
+        assert_eq!(*replicated.unsynced.lock().unwrap(), vec![false, true]);
+        replicated.failed(1);
+        assert_eq!(active(&replicated, 1), 0, "and round again");
+
+        let unreplicated = shards(false, 1);
+        unreplicated.failed(0);
+        assert_eq!(active(&unreplicated, 0), 0);
+        assert!(unreplicated.unsynced.lock().unwrap().iter().all(|&u| !u), "nothing to sync without replicas");
+    }
+
+    #[test]
+    fn one_server_is_its_own_home_for_every_partition() {
+        let single = Shards::single(Client::default());
+        assert_eq!((single.count(), single.home(7), single.clustered), (1, 0, false));
+    }
+}

@@ -17,6 +17,28 @@ pub const CLUSTER: &str = "tally_test";
 struct Node {
     child: Child,
     http_port: u16,
+    dir: PathBuf,
+}
+
+fn spawn(node_dir: &std::path::Path) -> Child {
+    Command::new(chdb_python())
+        .arg(repo().join("deploy/local/clickhouse_server.py"))
+        .arg(node_dir)
+        .arg(node_dir.join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting a chdb node ({}): {e}; run deploy/local/up.sh", chdb_python()))
+}
+
+async fn wait_answering(http_port: u16) {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let ping = format!("http://127.0.0.1:{http_port}/ping");
+    while !http.get(&ping).send().await.is_ok_and(|answer| answer.status().is_success()) {
+        assert!(started.elapsed() < Duration::from_secs(120), "the chdb node on {http_port} did not answer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Shards on loopback; stopped (and their directories removed) when dropped.
@@ -65,31 +87,35 @@ impl TestCluster {
                 index + 1
             );
             std::fs::write(node_dir.join("config.xml"), config).unwrap_or_else(|e| panic!("config.xml: {e}"));
-            let child = Command::new(chdb_python())
-                .arg(repo().join("deploy/local/clickhouse_server.py"))
-                .arg(&node_dir)
-                .arg(node_dir.join("data"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting a chdb node ({}): {e}; run deploy/local/up.sh", chdb_python()));
-            nodes.push(Node { child, http_port: *http });
+            let child = spawn(&node_dir);
+            nodes.push(Node { child, http_port: *http, dir: node_dir });
         }
         let cluster = Self { nodes, dir };
-        let http = reqwest::Client::new();
         for node in &cluster.nodes {
-            let started = Instant::now();
-            let ping = format!("http://127.0.0.1:{}/ping", node.http_port);
-            while !http.get(&ping).send().await.is_ok_and(|answer| answer.status().is_success()) {
-                assert!(
-                    started.elapsed() < Duration::from_secs(120),
-                    "the chdb node on {} did not answer",
-                    node.http_port
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            wait_answering(node.http_port).await;
         }
         cluster
+    }
+
+    /// SIGKILLs shard `index`'s server (its data stays on disk).
+    pub fn kill(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        node.child.kill().unwrap_or_else(|e| panic!("SIGKILL shard {index}: {e}"));
+        node.child.wait().unwrap_or_else(|e| panic!("reaping shard {index}: {e}"));
+    }
+
+    /// Starts shard `index`'s server again on its ports and data, and waits until it answers.
+    pub async fn restart(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        node.child = spawn(&node.dir);
+        wait_answering(node.http_port).await;
+    }
+
+    /// SIGSTOPs (`true`) or SIGCONTs (`false`) shard `index`'s server: a server that hangs.
+    pub fn pause(&self, index: usize, paused: bool) {
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").arg(signal).arg(self.nodes[index].child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal} shard {index}");
     }
 
     /// Each shard's HTTP address, in shard order.

@@ -2,7 +2,10 @@
 //! shards too): a cluster listed against its servers' own shard order is refused, a shard whose
 //! tables lack the dedup window is refused by name, the cluster DDL applies once per node, and a
 //! partition's home shard is settled once — by the shard holding its checkpoints, else by
-//! partition number — and kept whatever shard count a later instance is configured with.
+//! partition number — and kept whatever shard count a later instance is configured with, and a
+//! shard killed or hung mid-stream loses nothing.
+
+use std::time::Duration;
 
 use tally_aggregator::Aggregator;
 use tally_aggregator::shards::Shards;
@@ -111,4 +114,42 @@ async fn a_partition_table_from_the_base_clause_equals_a_copy_of_the_base() {
         assert!(copy.contains("deduplication_window"), "{copy}");
     }
     ch.drop_database().await;
+}
+
+/// A shard that dies (SIGKILL, then a restart on its data) and one that hangs (SIGSTOP for a
+/// few seconds) while events flow: batches stall and retry — the dedup lookup reads every
+/// shard, so no batch is decided without the dead one — and every total is exact afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_killed_or_hung_mid_stream_stalls_batches_and_loses_nothing() {
+    let seed = chrono::Utc::now().timestamp_subsec_nanos() as u64 | 1;
+    eprintln!("shard outage seed {seed}");
+    let mut harness = Harness::on_cluster(kafka_config(), 4, 2).await;
+    let sends = crate::oracle::stream(seed, 3_000, 20, chrono::Utc::now());
+    let distinct = crate::oracle::distinct_events(&sends);
+    let mut aggregator = harness.spawn_process("outage");
+    let publisher = harness.publisher();
+    harness.send(&publisher, &sends[..1_000]).await;
+    let before = crate::oracle::distinct_events(&sends[..1_000]).len() as u64;
+    assert_eq!(harness.wait_counted(before, Duration::from_secs(60)).await, before);
+
+    harness.cluster.as_mut().unwrap().kill(1);
+    harness.send(&publisher, &sends[1_000..2_000]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(aggregator.try_wait().unwrap().is_none(), "the aggregator waits for the shard, it does not exit");
+    harness.cluster.as_mut().unwrap().restart(1).await;
+
+    harness.cluster.as_ref().unwrap().pause(0, true);
+    harness.send(&publisher, &sends[2_000..]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    harness.cluster.as_ref().unwrap().pause(0, false);
+
+    let counted = harness.wait_counted(distinct.len() as u64, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let windows = harness.windows().await;
+    aggregator.kill().unwrap();
+    aggregator.wait().unwrap();
+    assert_eq!((counted, harness.counted().await), (distinct.len() as u64, distinct.len() as u64), "seed {seed}");
+    let differences = crate::helpers::differences(&windows, &crate::oracle::expected_windows(distinct.iter().copied()));
+    assert!(differences.is_empty(), "seed {seed}: rollups differ:\n{}", differences.join("\n"));
+    harness.drop().await;
 }
