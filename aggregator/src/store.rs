@@ -222,9 +222,11 @@ impl Store {
     ///
     /// On a cluster the claims are written on the batch's home shard and looked up on every
     /// shard (a retry is found whatever shard holds the first copy). Block numbers order one
-    /// shard's claims only: between shards, the shards' first claims are ordered by their
-    /// batch's plan time (`received_at`), then shard number — see DESIGN.md for when that is
-    /// exact (a tenant whose partitions all live on one shard never needs it).
+    /// shard's claims only: between shards, the shards' first claims are ordered by when their
+    /// server stored them (`claimed_at`), then shard number. Claims are stored before they are
+    /// looked up, so of two batches racing for a pair on two shards at least one sees the
+    /// other's claim, and the one that saw none stored its claim first — see DESIGN.md (a
+    /// tenant whose partitions all live on one shard never needs it).
     ///
     /// The pairs travel once more, into a temporary table of a session of this attempt alone (in
     /// memory, gone with the session), so one indexed query finds the claims of other batches on
@@ -271,7 +273,7 @@ impl Store {
             return Ok(Claimed::default());
         }
         // Some pair was claimed elsewhere too: who was first, for each such pair — on each shard
-        // the lowest block number, between shards the earliest plan.
+        // the lowest block number, between shards the earliest stored.
         let lost: Vec<Contest> = session
             .query(&format!(
                 "SELECT tenant_id, event_id, toUInt64(shards) AS shards FROM ( \
@@ -279,7 +281,7 @@ impl Store {
                           argMin((shard, tupleElement(first, 2), tupleElement(first, 3)), \
                                  (tupleElement(first, 1), shard)) AS winner \
                    FROM (SELECT tenant_id, event_id, toUInt32({shard}) AS shard, \
-                                argMin((received_at, kafka_partition, kafka_offset), _block_number) AS first \
+                                argMin((claimed_at, kafka_partition, kafka_offset), _block_number) AS first \
                          FROM {ids} \
                          WHERE (tenant_id, event_id) {within} (SELECT tenant_id, event_id FROM claim_lookup) \
                          GROUP BY tenant_id, event_id, shard) \

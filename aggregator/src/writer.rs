@@ -183,7 +183,7 @@ impl BatchWriter {
                 partition = plan.kafka_partition,
                 pairs = claimed.across_shards,
                 "events claimed on more than one ClickHouse shard (a tenant whose partitions live on different shards: \
-                 a partition-count change or another producer's partitioner); the earliest plan counts them"
+                 a partition-count change or another producer's partitioner); the claim stored first counts them"
             );
         }
         let counted_before = claimed.lost;

@@ -116,7 +116,8 @@ async fn apply_on_node(
     last: u32,
 ) -> Result<Vec<u32>, ClickHouseSetupError> {
     ensure_database(config).await?;
-    let client = client(config);
+    // A migration that rewrites a column (MATERIALIZE) is applied when its statement returns.
+    let client = client(config).with_setting("mutations_sync", "2");
     let fail = |source| ClickHouseSetupError::Query { url: config.url.clone(), source };
     let record = format!(
         "CREATE TABLE IF NOT EXISTS {CLICKHOUSE_MIGRATIONS_TABLE} \

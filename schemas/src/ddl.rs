@@ -84,6 +84,7 @@ pub const CLICKHOUSE_MIGRATIONS: &[ClickHouseMigration] = &[
         name: "partition_scoped_tables",
         sql: include_str!("../clickhouse/0003_partition_scoped_tables.sql"),
     },
+    ClickHouseMigration { version: 4, name: "claim_times", sql: include_str!("../clickhouse/0004_claim_times.sql") },
 ];
 
 #[cfg(test)]
@@ -102,8 +103,12 @@ mod tests {
                 assert!(!sql.ends_with(';'));
                 // A RENAME says IF EXISTS but would rename the new table on a second run.
                 let guarded = !sql.starts_with("RENAME") || unless_table.is_some();
+                // Materializing a column already stored, or setting a column's type and default
+                // to what they are, changes nothing on a second run.
                 let idempotent =
-                    sql.contains("IF NOT EXISTS") || sql.contains("IF EXISTS") || sql.contains("MODIFY SETTING");
+                    ["IF NOT EXISTS", "IF EXISTS", "MODIFY SETTING", "MATERIALIZE COLUMN", "MODIFY COLUMN"]
+                        .iter()
+                        .any(|form| sql.contains(form));
                 assert!(guarded && idempotent, "statement is not idempotent: {sql}");
                 assert!(!sql.contains('?'), "the client would read ? as a bind placeholder: {sql}");
             }

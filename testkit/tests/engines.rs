@@ -229,7 +229,7 @@ async fn upgrading_to_partition_scoped_tables_keeps_every_row_readable() {
     assert_eq!(events_before, 5);
     // Half-way through the upgrade: the first rename done, then a crash.
     client.query("RENAME TABLE usage_events TO usage_events_base").execute().await.expect("rename");
-    assert_eq!(tally_kit::clickhouse::apply_migrations(&config).await.expect("upgrade"), vec![3]);
+    assert_eq!(tally_kit::clickhouse::apply_migrations(&config).await.expect("upgrade"), vec![3, 4]);
     let engine: String = client
         .query("SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = 'usage_events'")
         .fetch_one()

@@ -133,9 +133,23 @@ async fn send_murmur2(producer: &FutureProducer, topic: &str, sends: &[Send]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_count_change_and_a_murmur2_producer_count_each_event_once() {
+    partition_layouts(None).await;
+}
+
+/// The same on two shards: partitions 0-4 are homed on alternate shards, so a tenant's events
+/// (and the same event sent through both partitioners at once) reach both shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_two_shards_a_partition_count_change_and_a_murmur2_producer_count_each_event_once() {
+    partition_layouts(Some(2)).await;
+}
+
+async fn partition_layouts(shards: Option<usize>) {
     let seed = Utc::now().timestamp_subsec_nanos() as u64 | 1;
-    eprintln!("layout seed {seed}");
-    let mut harness = Harness::new(kafka_config(), 2).await;
+    eprintln!("layout seed {seed} on {shards:?} shards");
+    let mut harness = match shards {
+        Some(shards) => Harness::on_cluster(kafka_config(), 2, shards).await,
+        None => Harness::new(kafka_config(), 2).await,
+    };
     // The running instance notices the partition-count change at librdkafka's next metadata
     // refresh (every 5 minutes by default) and the group rebalances.
     harness.kafka.properties.insert("topic.metadata.refresh.interval.ms".to_owned(), "1000".to_owned());
@@ -165,17 +179,22 @@ async fn a_partition_count_change_and_a_murmur2_producer_count_each_event_once()
         send_murmur2(&producer, &topic, second),
     );
     assert_exact(&harness, &sends, seed).await;
-    let spread: u64 = harness
+    let (ids, shard) = if shards.is_some() { ("usage_event_ids_all", "_shard_num") } else { ("usage_event_ids", "1") };
+    let (spread, across_shards): (u64, u64) = harness
         .ch
         .client
-        .query(
-            "SELECT count() FROM (SELECT tenant_id, event_id FROM usage_event_ids \
-             GROUP BY tenant_id, event_id HAVING uniqExact(kafka_partition) > 1)",
-        )
+        .query(&format!(
+            "SELECT count(), countIf(shards > 1) FROM (SELECT tenant_id, event_id, uniqExact({shard}) AS shards \
+             FROM {ids} GROUP BY tenant_id, event_id HAVING uniqExact(kafka_partition) > 1)"
+        ))
         .fetch_one()
         .await
         .unwrap();
     assert!(spread > 100, "events arrived on more than one partition: {spread}");
+    if shards.is_some() {
+        assert!(across_shards > 50, "events arrived on more than one shard: {across_shards}");
+    }
+    eprintln!("{spread} events on several partitions, {across_shards} of them on several shards");
     running.stop().await;
     harness.drop().await;
 }
