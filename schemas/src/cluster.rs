@@ -1,6 +1,6 @@
 //! ClickHouse beyond one server: the DDL each node of a cluster runs.
 //!
-//! Every node holds the same local tables as a single server (migrations 1-3), then the
+//! Every node holds the same local tables as a single server (every node migration), then the
 //! [`CLUSTER_LAYER`], which turns the names readers use into `Distributed` tables over every
 //! shard. With [`Replication`], the MergeTree family becomes `Replicated*MergeTree` with one
 //! Keeper path per table and shard, and `non_replicated_deduplication_window` becomes

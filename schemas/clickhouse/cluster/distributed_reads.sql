@@ -1,5 +1,5 @@
 -- The cluster layer: applied on every node of a ClickHouse cluster after the node's own DDL
--- (migrations 1-3, the same local tables as on one server). `{cluster}` is the configured cluster
+-- (every node migration: the same local tables as on one server). `{cluster}` is the configured cluster
 -- name (`clickhouse.cluster`), substituted by Tally.
 --
 -- The names readers use (usage_events, usage_rollups, and the usage_windows view over
