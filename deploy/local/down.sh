@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops the local pipeline's services, then the broker and ClickHouse, gracefully (SIGTERM: ingest
 # flushes its producer, the aggregator finishes its batches, the broker saves its data).
-# PostgreSQL is the machine's and is left running. `--purge` also deletes the stack's data.
+# PostgreSQL is the machine's and is left running. `--purge` also deletes the stack's data (and
+# its PostgreSQL database `tally`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -34,4 +35,11 @@ stop redis
 if [ "${1:-}" = "--purge" ]; then
   say "deleting $STACK_DIR"
   rm -rf "$STACK_DIR"
+  # The billing ledger and stripe_customers in the stack's PostgreSQL database name objects of
+  # the Stripe fake, whose state was just deleted: the database goes too (the machine's server
+  # and its other databases stay).
+  if PGPASSWORD=$POSTGRES_PASSWORD psql -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d postgres -qc \
+    'DROP DATABASE IF EXISTS tally WITH (FORCE)' >/dev/null 2>&1; then
+    say "dropped the PostgreSQL database tally"
+  fi
 fi
