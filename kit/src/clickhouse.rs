@@ -87,7 +87,7 @@ pub async fn apply_migrations_through(config: &ClickHouseConfig, last: u32) -> R
     let Some(layout) = config.layout().map_err(ClickHouseSetupError::Config)? else {
         return apply_on_node(config, None, last).await;
     };
-    let mut nodes = crate::shards::nodes(config);
+    let mut nodes = crate::topology::nodes(config);
     if layout.on_cluster {
         nodes.truncate(1);
     }

@@ -168,7 +168,7 @@ pub struct ClickHouseConfig {
     pub cluster: String,
     /// Each shard's nodes, in `<remote_servers>` order: a TOML list with one entry per shard,
     /// its replicas' URLs separated by commas (or one string, shards separated by `;`).
-    pub shards: crate::shards::ShardList,
+    pub shards: ShardList,
     /// `Replicated*MergeTree` tables (needs Keeper and at least one replica per shard).
     pub replicated: bool,
     /// A replicated table's Keeper path; `{table}` is the table, the rest server macros.
@@ -188,12 +188,37 @@ impl Default for ClickHouseConfig {
             user: "default".to_owned(),
             password: Secret::default(),
             cluster: String::new(),
-            shards: crate::shards::ShardList::default(),
+            shards: ShardList::default(),
             replicated: false,
             replica_path: "/clickhouse/tables/{shard}/{database}/{table}".to_owned(),
             replica_name: "{replica}".to_owned(),
             on_cluster: false,
         }
+    }
+}
+
+/// The nodes of a cluster's shards: `shards[i]` holds shard `i + 1`'s replica URLs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardList(pub Vec<Vec<String>>);
+
+impl<'de> Deserialize<'de> for ShardList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            Text(String),
+        }
+        let entries: Vec<String> = match Raw::deserialize(deserializer)? {
+            Raw::List(entries) => entries,
+            Raw::Text(text) => text.split(';').map(str::to_owned).collect(),
+        };
+        let shards = entries
+            .iter()
+            .map(|shard| shard.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect())
+            .filter(|replicas: &Vec<String>| !replicas.is_empty())
+            .collect();
+        Ok(Self(shards))
     }
 }
 

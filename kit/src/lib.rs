@@ -6,7 +6,7 @@
 //! * [`shutdown`]: SIGINT/SIGTERM as a cancellation token;
 //! * [`ops`]: the operations endpoints `/livez`, `/readyz` and `/metrics`;
 //! * [`kafka`], [`clickhouse`], [`postgres`]: clients, health checks and schema setup, and
-//!   [`shards`], a ClickHouse cluster's nodes;
+//!   [`topology`] and [`shards`], a ClickHouse cluster's nodes and their clients;
 //! * [`producer`]: the idempotent, acknowledged Kafka producer, and [`acks`], its acknowledgements;
 //! * [`service`]: the shared body of every binary's `main`;
 //! * [`tenants`]: the platform's tenant registry behind a short-lived cache ([`cache`]).
@@ -26,5 +26,6 @@ pub mod shards;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;
+pub mod topology;
 
 pub use config::{ConfigError, Secret};

@@ -211,7 +211,7 @@ impl TestClickHouse {
             url: urls[0].clone(),
             database: unique_name("tally_test").replace('-', "_"),
             cluster: cluster::CLUSTER.to_owned(),
-            shards: tally_kit::shards::ShardList(urls.into_iter().map(|url| vec![url]).collect()),
+            shards: tally_kit::config::ShardList(urls.into_iter().map(|url| vec![url]).collect()),
             ..ClickHouseConfig::default()
         };
         Self::prepared(config).await
@@ -220,7 +220,7 @@ impl TestClickHouse {
     /// Drops the database on every node (call at the end of a test that passed).
     pub async fn drop_database(self) {
         let statement = format!("DROP DATABASE IF EXISTS {}", self.config.database);
-        for node in tally_kit::shards::nodes(&self.config) {
+        for node in tally_kit::topology::nodes(&self.config) {
             let config = ClickHouseConfig { url: node.url, ..self.config.clone() };
             if let Err(error) = tally_kit::clickhouse::client(&config).query(&statement).execute().await {
                 panic!("dropping clickhouse database {} on {}: {error}", self.config.database, config.url);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tally_aggregator::Aggregator;
 use tally_aggregator::shards::Shards;
 use tally_kit::config::ClickHouseConfig;
-use tally_kit::shards::ShardList;
+use tally_kit::config::ShardList;
 use tally_testkit::cluster::TestCluster;
 use tally_testkit::kafka_config;
 use tokio_util::sync::CancellationToken;

@@ -284,7 +284,7 @@ format = "text"
         let partition =
             if table.ends_with("_local") { "toUInt32(extract(_table, '_p([0-9]+)$'))" } else { "kafka_partition" };
         let mut by_shard = Vec::new();
-        for node in tally_kit::shards::nodes(&self.ch.config) {
+        for node in tally_kit::topology::nodes(&self.ch.config) {
             let config = tally_kit::config::ClickHouseConfig { url: node.url, ..self.ch.config.clone() };
             let partitions: Vec<u32> = tally_kit::clickhouse::client(&config)
                 .query(&format!("SELECT DISTINCT {partition} AS p FROM {table} ORDER BY p"))
