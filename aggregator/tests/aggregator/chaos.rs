@@ -23,13 +23,6 @@ async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-async fn harness(kafka: tally_kit::config::KafkaConfig, shards: Option<usize>) -> Harness {
-    match shards {
-        Some(shards) => Harness::on_cluster(kafka, 4, shards).await,
-        None => Harness::new(kafka, 4).await,
-    }
-}
-
 /// On a cluster: every Kafka partition's batches — rows, claims, plans, checkpoints — are on
 /// one shard, and every shard holds some.
 async fn assert_each_partition_on_one_shard(harness: &Harness) {
@@ -63,7 +56,7 @@ async fn sigkills_and_a_broker_restart(shards: Option<usize>) {
     let seed = Utc::now().timestamp_subsec_nanos() as u64 | 1;
     eprintln!("chaos seed {seed} on {shards:?} shards");
     let mut broker = TestBroker::start().await;
-    let harness = harness(broker.kafka_config(), shards).await;
+    let harness = Harness::on_shards(broker.kafka_config(), 4, shards).await;
     let sends = oracle::stream(seed, 8_000, 40, Utc::now());
     let distinct = oracle::distinct_events(&sends);
 
@@ -129,7 +122,7 @@ async fn on_two_shards_two_instances_and_one_killed_leave_exact_totals() {
 async fn two_instances(shards: Option<usize>) {
     let seed = Utc::now().timestamp_subsec_nanos() as u64 | 1;
     eprintln!("two-instance seed {seed} on {shards:?} shards");
-    let harness = harness(tally_testkit::kafka_config(), shards).await;
+    let harness = Harness::on_shards(tally_testkit::kafka_config(), 4, shards).await;
     let sends = oracle::stream(seed, 4_000, 30, Utc::now());
     let distinct = oracle::distinct_events(&sends);
     let first = harness.spawn_process("pair-1");

@@ -40,6 +40,14 @@ impl Harness {
         Self::with_clickhouse(kafka, partitions, Some(TestCluster::start(shards).await)).await
     }
 
+    /// [`Harness::on_cluster`] for `Some(shards)`, the stack's ClickHouse server for `None`.
+    pub async fn on_shards(kafka: KafkaConfig, partitions: i32, shards: Option<usize>) -> Self {
+        match shards {
+            Some(shards) => Self::on_cluster(kafka, partitions, shards).await,
+            None => Self::new(kafka, partitions).await,
+        }
+    }
+
     async fn with_clickhouse(kafka: KafkaConfig, partitions: i32, cluster: Option<TestCluster>) -> Self {
         let telemetry = tally_kit::config::TelemetryConfig {
             format: tally_kit::config::LogFormat::Text,

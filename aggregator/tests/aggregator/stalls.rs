@@ -146,10 +146,7 @@ async fn on_two_shards_a_partition_count_change_and_a_murmur2_producer_count_eac
 async fn partition_layouts(shards: Option<usize>) {
     let seed = Utc::now().timestamp_subsec_nanos() as u64 | 1;
     eprintln!("layout seed {seed} on {shards:?} shards");
-    let mut harness = match shards {
-        Some(shards) => Harness::on_cluster(kafka_config(), 2, shards).await,
-        None => Harness::new(kafka_config(), 2).await,
-    };
+    let mut harness = Harness::on_shards(kafka_config(), 2, shards).await;
     // The running instance notices the partition-count change at librdkafka's next metadata
     // refresh (every 5 minutes by default) and the group rebalances.
     harness.kafka.properties.insert("topic.metadata.refresh.interval.ms".to_owned(), "1000".to_owned());
